@@ -1,0 +1,373 @@
+"""Datasets as normalized tensors resident on one device (no DataLoader for in-memory data).
+
+``load_dataset(name)`` -> ``(train, test)`` Splits. Pixels go to [0, 1], then per-channel
+``(x - mean) / std`` with the reference statistics (REFERENCE.md section 2); a user's own data
+gets mean and std computed from its training images.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nas_proxy.device import resolve_device
+from nas_proxy.errors import DataNotFoundError, NasProxyError, UnknownNameError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """Images (N, C, H, W) float32 normalized, labels (N,) int64, and where they came from."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    dataset: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise NasProxyError(f"{self.dataset}: images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise NasProxyError(
+                f"{self.dataset}: {self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> Split:
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
+
+    def subset(self, indices: torch.Tensor | list[int]) -> Split:
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.labels.device)
+        return replace(self, images=self.images[idx], labels=self.labels[idx])
+
+    def indices_of_class(self, c: int) -> torch.Tensor:
+        return torch.nonzero(self.labels == c).flatten()
+
+    def random_subset(self, n: int, seed: int) -> Split:
+        """``n`` images drawn without replacement with a seeded generator."""
+        if not 1 <= n <= len(self):
+            raise NasProxyError(f"subset size must be between 1 and {len(self)}, got {n}")
+        g = torch.Generator().manual_seed(seed)
+        return self.subset(torch.randperm(len(self), generator=g)[:n].to(self.labels.device))
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """The reference preprocessing of a named dataset."""
+
+    name: str
+    channels: int
+    size: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in (
+        DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,)),
+        DatasetInfo("fashionmnist", 1, 28, 10, (0.2861,), (0.3530,)),
+        DatasetInfo("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+        DatasetInfo("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+        DatasetInfo("cifar100", 3, 32, 100, (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
+    )
+}
+
+# uint8 (or [0,1] float) arrays, NCHW: x_train, y_train, x_test, y_test.
+RawArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def list_datasets() -> list[str]:
+    """Named datasets; a path to an ``.npz`` file or an image-folder root also works."""
+    return [*DATASETS, "synthetic"]
+
+
+def cache_dir() -> Path:
+    """``$NAS_PROXY_CACHE``, else ``~/.cache/nas-proxy``: raw downloads and decoded tensors."""
+    return Path(os.environ.get("NAS_PROXY_CACHE", Path.home() / ".cache" / "nas-proxy"))
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An MNIST-style idx file (optionally gzipped) as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise NasProxyError(f"{path}: not an unsigned-byte idx file")
+    ndim = data[3]
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = 4 + 4 * ndim + int(np.prod(dims))
+    if len(data) != expected:
+        raise NasProxyError(f"{path}: truncated idx file ({len(data)} bytes, expected {expected})")
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx_dir(name: str, root: Path | None) -> Path | None:
+    stem = "train-images-idx3-ubyte"
+    candidates = [root, root / "raw" if root else None]
+    if name == "fashionmnist":
+        candidates.append(DEBIAN_FASHION_MNIST)
+    for d in candidates:
+        if d is not None and any((d / (stem + ext)).exists() for ext in (".gz", "")):
+            return d
+    return None
+
+
+def _read_idx_dir(d: Path) -> RawArrays:
+    def one(stem: str) -> np.ndarray:
+        for ext in (".gz", ""):
+            if (d / (stem + ext)).exists():
+                return read_idx(d / (stem + ext))
+        raise DataNotFoundError(f"{d}: missing {stem}(.gz)")
+
+    x_train, y_train = one("train-images-idx3-ubyte"), one("train-labels-idx1-ubyte")
+    x_test, y_test = one("t10k-images-idx3-ubyte"), one("t10k-labels-idx1-ubyte")
+    return x_train[:, None], y_train, x_test[:, None], y_test
+
+
+_HOW_TO_GET = {
+    "fashionmnist": "install Debian's package (apt-get install dataset-fashion-mnist), pass --data-root "
+    "to a folder with the idx .gz files, or go online so torchvision can download it",
+    "mnist": "pass --data-root to a folder with the MNIST idx .gz files, or go online so torchvision can download it",
+}
+
+
+def _torchvision_arrays(name: str, root: Path) -> RawArrays:
+    import torchvision.datasets as tvd
+
+    def load(train: bool) -> tuple[np.ndarray, np.ndarray]:
+        if name == "svhn":
+            ds = tvd.SVHN(str(root), split="train" if train else "test", download=True)
+            return np.asarray(ds.data), np.asarray(ds.labels)
+        cls = {"mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}
+        ds = cls[name](str(root), train=train, download=True)
+        x = np.asarray(ds.data)
+        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # NHW or NHWC -> NCHW
+        return x, np.asarray(ds.targets)
+
+    try:
+        return (*load(True), *load(False))
+    except Exception as exc:  # network errors come in many types; all mean "not here"
+        how = _HOW_TO_GET.get(name, "go online so torchvision can download it, or pass --data-root to its files")
+        raise DataNotFoundError(f"dataset {name!r} not found under {root} and download failed ({exc}); {how}") from exc
+
+
+def _named_arrays(name: str, root: Path | None) -> RawArrays:
+    if name in ("mnist", "fashionmnist"):
+        found = _find_idx_dir(name, root)
+        if found is not None:
+            return _read_idx_dir(found)
+    return _torchvision_arrays(name, root or cache_dir() / "downloads")
+
+
+def _npz_arrays(path: Path) -> RawArrays:
+    try:
+        with np.load(path) as f:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
+            if missing:
+                raise NasProxyError(f"{path}: missing arrays {', '.join(missing)}; needs x_train, y_train, x_test, y_test")
+            arrays = [f[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, NasProxyError):
+            raise
+        raise NasProxyError(f"{path}: not a readable .npz file ({exc})") from exc
+    x_train, y_train, x_test, y_test = arrays
+    return _to_nchw(x_train, path), y_train, _to_nchw(x_test, path), y_test
+
+
+def _to_nchw(x: np.ndarray, source: Path) -> np.ndarray:
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim != 4:
+        raise NasProxyError(f"{source}: images must be (N,H,W), (N,H,W,C) or (N,C,H,W), got shape {x.shape}")
+    # Channels are few (1 or 3, at most 4); spatial sides are larger.
+    if x.shape[-1] <= 4 < x.shape[1]:
+        return x.transpose(0, 3, 1, 2)
+    return x
+
+
+def _folder_arrays(root: Path) -> RawArrays:
+    from PIL import Image
+
+    parts = []
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if not classes:
+        raise NasProxyError(f"{root}/train has no class folders")
+    for split in ("train", "test"):
+        xs, ys = [], []
+        for label, cls in enumerate(classes):
+            for f in sorted((root / split / cls).glob("*")):
+                if f.is_file():
+                    xs.append(np.asarray(Image.open(f)))
+                    ys.append(label)
+        if not xs:
+            raise NasProxyError(f"{root}/{split} holds no images in class folders {', '.join(classes)}")
+        shapes = {x.shape for x in xs}
+        if len(shapes) != 1:
+            raise NasProxyError(f"{root}/{split}: images differ in shape {sorted(shapes)[:3]}; resize them to one size")
+        parts += [_to_nchw(np.stack(xs), root), np.asarray(ys)]
+    x_train, y_train, x_test, y_test = parts
+    return x_train, y_train, x_test, y_test
+
+
+# ----------------------------------------------------------------------------- assembling
+
+
+def _source(name: str) -> tuple[str, Path | None]:
+    """(kind, path): a registered name, or a user's ``.npz`` file / image-folder root."""
+    if name.lower() in DATASETS or name.lower() == "synthetic":
+        return name.lower(), None
+    path = Path(name).expanduser()
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise DataNotFoundError(f"dataset file {str(path)!r} does not exist")
+        return "npz", path
+    if path.is_dir():
+        if not (path / "train").is_dir() or not (path / "test").is_dir():
+            raise NasProxyError(f"image folder {str(path)!r} must contain train/ and test/ with one folder per class")
+        return "folder", path
+    raise UnknownNameError("dataset", name, [*list_datasets(), "PATH.npz", "IMAGE_FOLDER"])
+
+
+def _cached(key: str, make: Callable[[], RawArrays]) -> RawArrays:
+    """Decoded raw arrays are kept as one ``.npz`` so the second load skips decoding."""
+    path = cache_dir() / "decoded" / f"{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as f:
+                return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)  # a broken cache is rebuilt, never trusted
+    arrays = make()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, x_train=arrays[0], y_train=arrays[1], x_test=arrays[2], y_test=arrays[3])
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return arrays
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{st.st_mtime_ns}:{st.st_size}".encode()).hexdigest()[:16]
+
+
+def _scale(x: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+
+
+def _labels(y: np.ndarray, source: str, n: int) -> torch.Tensor:
+    y = np.asarray(y).reshape(-1)
+    if y.shape[0] != n:
+        raise NasProxyError(f"{source}: {n} images but {y.shape[0]} labels")
+    if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
+        raise NasProxyError(f"{source}: labels must be non-negative integers")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def load_dataset(
+    name: str,
+    root: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[Split, Split]:
+    """``(train, test)`` of a named dataset, a ``.npz`` file or an image folder, normalized.
+
+    Named datasets: mnist, fashionmnist, svhn, cifar10, cifar100 (torchvision downloads them
+    when online; Fashion-MNIST is also found where Debian's ``dataset-fashion-mnist`` put it),
+    and ``synthetic`` (a small learnable set for tests).
+    """
+    kind, path = _source(name)
+    dev = resolve_device(device)
+    if kind == "synthetic":
+        train, test = make_synthetic()
+        return train.to(dev), test.to(dev)
+    root_path = Path(root).expanduser() if root is not None else None
+    if kind in DATASETS:
+        info = DATASETS[kind]
+        key = kind if root_path is None else f"{kind}-{hashlib.sha256(str(root_path.resolve()).encode()).hexdigest()[:8]}"
+        arrays = _cached(key, lambda: _named_arrays(kind, root_path))
+        label = kind
+    else:
+        assert path is not None
+        reader = _npz_arrays if kind == "npz" else _folder_arrays
+        arrays = _cached(f"{kind}-{_file_key(path)}", lambda: reader(path))
+        label = str(path)
+    x_train, x_test = _scale(arrays[0]), _scale(arrays[2])
+    y_train, y_test = _labels(arrays[1], label, len(x_train)), _labels(arrays[3], label, len(x_test))
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise NasProxyError(f"{label}: train images {tuple(x_train.shape[1:])} and test {tuple(x_test.shape[1:])} differ")
+    if kind in DATASETS:
+        mean, std, classes = info.mean, info.std, info.num_classes
+    else:
+        mean = tuple(x_train.mean(dim=(0, 2, 3)).tolist())
+        std = tuple(x_train.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist())
+        classes = int(max(y_train.max(), y_test.max())) + 1
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    splits = (
+        Split(((x - m) / s).to(dev), y.to(dev), classes, kind if kind in DATASETS else label, mean, std)
+        for x, y in ((x_train, y_train), (x_test, y_test))
+    )
+    train, test = splits
+    return train, test
+
+
+def make_synthetic(
+    num_classes: int = 10,
+    train_per_class: int = 60,
+    test_per_class: int = 20,
+    channels: int = 1,
+    size: int = 28,
+    noise: float = 0.8,
+    seed: int = 0,
+) -> tuple[Split, Split]:
+    """A small learnable dataset: each class a smooth random prototype plus Gaussian noise.
+
+    Already in normalized space (mean about 0, std about 1); for tests and smoke runs.
+    """
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(num_classes, channels, 7, 7, generator=g)
+    protos = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+    def draw(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(num_classes).repeat_interleave(per_class)
+        x = protos[labels] + noise * torch.randn(len(labels), channels, size, size, generator=g)
+        return x, labels
+
+    stats = (0.0,) * channels, (1.0,) * channels
+    (xa, ya), (xb, yb) = draw(train_per_class), draw(test_per_class)
+    return (
+        Split(xa, ya, num_classes, "synthetic", *stats),
+        Split(xb, yb, num_classes, "synthetic", *stats),
+    )

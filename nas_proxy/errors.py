@@ -1,0 +1,27 @@
+"""Errors that mean "the user asked for something that cannot be": the CLI turns them into exit 2.
+
+Everything here subclasses ValueError, so library users can catch the usual type, while the
+CLI catches only these (a bug elsewhere still shows a traceback instead of posing as bad input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class NasProxyError(ValueError):
+    """Bad input: an unknown name, a malformed file, wrong shapes, an impossible option."""
+
+
+class UnknownNameError(NasProxyError):
+    """A name that is not in a registry or a search space."""
+
+    def __init__(self, kind: str, name: object, valid: Iterable[object]) -> None:
+        choices = ", ".join(str(v) for v in valid)
+        super().__init__(f"unknown {kind} {name!r}; valid: {choices}")
+        self.kind = kind
+        self.name = name
+
+
+class DataNotFoundError(NasProxyError, FileNotFoundError):
+    """Data that is not on disk and could not be fetched."""
