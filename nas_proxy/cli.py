@@ -12,6 +12,10 @@ from collections.abc import Callable, Sequence
 from nas_proxy.errors import NasProxyError
 
 Command = Callable[[argparse.Namespace], int]
+AddCommand = Callable[["argparse._SubParsersAction[_Parser]"], None]
+
+# Each section below appends its ``_add_*`` function; the order is the order of `nas-proxy --help`.
+COMMANDS: list[AddCommand] = []
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +75,9 @@ def _add_space(sub: argparse._SubParsersAction[_Parser]) -> None:
     show.set_defaults(func=_cmd_space_show)
 
 
+COMMANDS.append(_add_space)
+
+
 # ----------------------------------------------------------------------------- train
 
 
@@ -105,11 +112,22 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+COMMANDS.append(_add_train)
+
+
+# ----------------------------------------------------------------------------- build / eval-proxy / show
+# (section: proxies)
+
+
+# ----------------------------------------------------------------------------- evaluate / runs / report / demo
+# (section: evaluate)
+
+
+# ----------------------------------------------------------------------------- search
+# (section: search)
+
+
 # ----------------------------------------------------------------------------- wiring
-
-# Each entry adds one top-level command; the order is the order of `nas-proxy --help`.
-COMMANDS: list[Callable[[argparse._SubParsersAction[_Parser]], None]] = [_add_space, _add_train]
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nas-proxy", description="Rank neural architectures on tiny proxy training sets.")

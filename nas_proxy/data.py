@@ -283,7 +283,7 @@ def _file_key(path: Path) -> str:
 
 
 def _scale(x: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(x))
+    t = torch.from_numpy(np.require(x, requirements=["C", "W"]))
     return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
 
 

@@ -1,0 +1,85 @@
+"""Proxy builders: turn a real dataset into a small training set.
+
+A registry of plain dicts, as torchvision/timm: ``list_builders()``, ``get_builder(name, **params)``.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import fields
+from typing import Any
+
+from nas_proxy.errors import NasProxyError, UnknownNameError
+from nas_proxy.proxies.artifact import ProxyManifest, ProxySet, load_proxy, save_proxy
+from nas_proxy.proxies.base import ProxyBuilder
+
+# name -> builder class; each builder module's classes are imported above and listed here.
+BUILDERS: dict[str, type[ProxyBuilder]] = {cls.name: cls for cls in ()}
+
+
+def list_builders() -> list[str]:
+    return list(BUILDERS)
+
+
+def get_builder(name: str, **params: Any) -> ProxyBuilder:
+    """A builder by name; unknown names or hyperparameters raise listing the valid ones."""
+    if name not in BUILDERS:
+        raise UnknownNameError("proxy method", name, BUILDERS)
+    cls = BUILDERS[name]
+    unknown = sorted(set(params) - set(cls.param_names()))
+    if unknown:
+        raise NasProxyError(f"method {name!r} has no parameter {', '.join(unknown)}; valid: {', '.join(cls.param_names())}")
+    return cls(**params)
+
+
+def parse_params(name: str, assignments: list[str]) -> dict[str, Any]:
+    """``["iterations=50", "init=real"]`` -> typed values, by the builder's field types."""
+    if name not in BUILDERS:
+        raise UnknownNameError("proxy method", name, BUILDERS)
+    cls = BUILDERS[name]
+    hints = typing.get_type_hints(cls)
+    valid = {f.name for f in fields(cls)}
+    out: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise NasProxyError(f"--set expects key=value, got {item!r}")
+        if key not in valid:
+            raise NasProxyError(f"method {name!r} has no parameter {key!r}; valid: {', '.join(sorted(valid))}")
+        out[key] = _coerce(text.strip(), hints[key], key)
+    return out
+
+
+def _coerce(text: str, hint: Any, key: str) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if text.lower() == "none" and type(None) in typing.get_args(hint):
+        return None
+    target = args[0] if args and typing.get_origin(hint) is not typing.Literal else hint
+    if typing.get_origin(hint) is typing.Literal:
+        if text not in typing.get_args(hint):
+            raise NasProxyError(f"{key} must be one of {', '.join(map(str, typing.get_args(hint)))}, got {text!r}")
+        return text
+    try:
+        if target is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if target in (int, float, str):
+            return target(text)
+    except ValueError as exc:
+        raise NasProxyError(f"{key} expects {target.__name__}, got {text!r}") from exc
+    return text
+
+
+__all__ = [
+    "BUILDERS",
+    "ProxyBuilder",
+    "ProxyManifest",
+    "ProxySet",
+    "get_builder",
+    "list_builders",
+    "load_proxy",
+    "parse_params",
+    "save_proxy",
+]

@@ -1,0 +1,217 @@
+"""ProxySet: a small training set with a manifest, saved as one ``.npz`` file and validated on load.
+
+The file holds ``images`` (N, C, H, W float32, normalized space), ``labels`` (N int64) and
+``manifest`` (a JSON string). Loading checks the manifest's fields, shapes, class balance and a
+SHA-256 content hash, and names the file and the fault in every error, so a truncated or edited
+file never loads silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nas_proxy.data import Split
+from nas_proxy.errors import NasProxyError
+
+FORMAT_VERSION = 1
+
+
+def content_hash(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """SHA-256 of the exact float32 image bytes and int64 label bytes."""
+    h = hashlib.sha256()
+    h.update(images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    h.update(labels.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ProxyManifest:
+    """Where a proxy set came from and what it costs to keep."""
+
+    method: str
+    params: dict[str, Any]
+    dataset: str
+    num_classes: int
+    ipc: int
+    seed: int
+    build_seconds: float
+    images: int
+    bytes: int
+    content_hash: str
+    package_version: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    created: str = ""
+    # Training-set rows of a selection proxy (None for synthesized images).
+    indices: tuple[int, ...] | None = None
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> ProxyManifest:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise NasProxyError(f"{source}: manifest is not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise NasProxyError(f"{source}: manifest must be a JSON object")
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing = sorted(required - data.keys())
+        if missing:
+            raise NasProxyError(f"{source}: manifest lacks {', '.join(missing)}")
+        data = {k: v for k, v in data.items() if k in names}
+        for key in ("mean", "std"):
+            data[key] = tuple(data[key])
+        if data.get("indices") is not None:
+            data["indices"] = tuple(int(i) for i in data["indices"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, eq=False)
+class ProxySet:
+    """A proxy training set: ``images``, ``labels`` and the ``manifest`` that describes them."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    manifest: ProxyManifest
+
+    @property
+    def id(self) -> str:
+        """Training-source id used in results rows: ``dc-ipc10-s0-1a2b3c4d``."""
+        m = self.manifest
+        return f"{m.method}-ipc{m.ipc}-s{m.seed}-{m.content_hash[:8]}"
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def as_split(self, device: torch.device | str | None = None) -> Split:
+        """The proxy as a training Split (on ``device``, default: where the images are)."""
+        m = self.manifest
+        split = Split(self.images.detach(), self.labels, m.num_classes, m.dataset, m.mean, m.std)
+        return split if device is None else split.to(device)
+
+
+def make_proxy_set(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    method: str,
+    params: dict[str, Any],
+    source: Split,
+    ipc: int,
+    seed: int,
+    build_seconds: float,
+    indices: torch.Tensor | None = None,
+    extra: dict[str, Any] | None = None,
+) -> ProxySet:
+    """Wrap built tensors (moved to CPU, float32) with a complete manifest."""
+    from nas_proxy import __version__
+
+    images = images.detach().to("cpu", torch.float32).contiguous()
+    labels = labels.detach().to("cpu", torch.int64).contiguous()
+    manifest = ProxyManifest(
+        method=method,
+        params=params,
+        dataset=source.dataset,
+        num_classes=source.num_classes,
+        ipc=ipc,
+        seed=seed,
+        build_seconds=round(build_seconds, 3),
+        images=int(labels.shape[0]),
+        bytes=images.numel() * images.element_size() + labels.numel() * labels.element_size(),
+        content_hash=content_hash(images, labels),
+        package_version=__version__,
+        mean=tuple(source.mean),
+        std=tuple(source.std),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        indices=None if indices is None else tuple(int(i) for i in indices.tolist()),
+        extra=extra or {},
+    )
+    proxy = ProxySet(images, labels, manifest)
+    validate(proxy, "built proxy")
+    return proxy
+
+
+def validate(proxy: ProxySet, source: str) -> None:
+    """Raise naming ``source`` if shapes, labels, balance, counts or the hash disagree."""
+    m, x, y = proxy.manifest, proxy.images, proxy.labels
+    if x.ndim != 4:
+        raise NasProxyError(f"{source}: images must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if y.shape != (x.shape[0],):
+        raise NasProxyError(f"{source}: {x.shape[0]} images but labels of shape {tuple(y.shape)}")
+    if len(m.mean) != x.shape[1] or len(m.std) != x.shape[1]:
+        raise NasProxyError(f"{source}: {x.shape[1]} channels but mean/std of length {len(m.mean)}/{len(m.std)}")
+    if m.images != x.shape[0] or m.ipc * m.num_classes != x.shape[0]:
+        raise NasProxyError(
+            f"{source}: holds {x.shape[0]} images; manifest says {m.images} ({m.ipc} per class x {m.num_classes})"
+        )
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= m.num_classes):
+        raise NasProxyError(f"{source}: labels outside 0..{m.num_classes - 1}")
+    counts = torch.bincount(y, minlength=m.num_classes)
+    if bool((counts != m.ipc).any()):
+        raise NasProxyError(f"{source}: not class-balanced, images per class {counts.tolist()} (expected {m.ipc})")
+    if not bool(torch.isfinite(x).all()):
+        raise NasProxyError(f"{source}: images contain NaN or infinity")
+    if content_hash(x, y) != m.content_hash:
+        raise NasProxyError(f"{source}: content hash mismatch: the images or labels were changed after saving")
+
+
+def save_proxy(proxy: ProxySet, path: str | Path) -> Path:
+    """Write ``proxy`` to ``path`` (``.npz`` added if missing) atomically; returns the path."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(
+            f,
+            images=proxy.images.numpy(),
+            labels=proxy.labels.numpy(),
+            manifest=np.array(proxy.manifest.to_json()),
+        )
+    tmp.replace(path)
+    return path
+
+
+def load_proxy(path: str | Path) -> ProxySet:
+    """Load and validate a proxy file; every error names the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise NasProxyError(f"proxy file {str(path)!r} does not exist")
+    try:
+        raw = path.read_bytes()
+        with np.load(io.BytesIO(raw), allow_pickle=False) as f:
+            missing = [k for k in ("images", "labels", "manifest") if k not in f.files]
+            if missing:
+                raise NasProxyError(f"{path}: not a proxy file (missing {', '.join(missing)})")
+            images, labels, manifest_text = f["images"], f["labels"], str(f["manifest"])
+    except NasProxyError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise NasProxyError(f"{path}: corrupted or truncated proxy file ({type(exc).__name__}: {exc})") from exc
+    if images.dtype != np.float32 or labels.dtype != np.int64:
+        raise NasProxyError(f"{path}: expected float32 images and int64 labels, got {images.dtype} and {labels.dtype}")
+    manifest = ProxyManifest.from_json(manifest_text, str(path))
+    proxy = ProxySet(torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()), manifest)
+    validate(proxy, str(path))
+    return proxy
+
+
+def with_manifest(proxy: ProxySet, **changes: Any) -> ProxySet:
+    """A copy with manifest fields replaced (e.g. ``build_seconds`` after a resumed build)."""
+    return ProxySet(proxy.images, proxy.labels, replace(proxy.manifest, **changes))
