@@ -49,6 +49,11 @@ class TrainConfig:
         steps = self.epochs * per_epoch
         return steps if self.max_steps is None else min(steps, self.max_steps)
 
+    def lr_at(self, step: int, total: int) -> float:
+        """The step's learning rate: ``lr``, times 0.1 from ``decay_at`` of the run on."""
+        boundary = int(total * self.decay_at)
+        return self.lr * 0.1 if 0 < boundary <= step else self.lr
+
     @property
     def hash(self) -> str:
         """Short content hash: results trained under another protocol never mix."""
@@ -84,7 +89,6 @@ def train_model(
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     n = len(train)
     total = config.total_steps(n)
-    decay_step = int(total * config.decay_at)
     g = torch.Generator().manual_seed(seed)  # batch order: CPU generator, same on every device
     loss_fn = nn.CrossEntropyLoss()
     start = time.perf_counter()
@@ -94,9 +98,8 @@ def train_model(
         order = torch.randperm(n, generator=g).to(train.device, non_blocking=True)
         epoch_loss = torch.zeros((), device=train.device)
         for i in range(0, n, config.batch_size):
-            if step == decay_step and step > 0:
-                for group in opt.param_groups:
-                    group["lr"] = config.lr * 0.1
+            for group in opt.param_groups:
+                group["lr"] = config.lr_at(step, total)
             idx = order[i : i + config.batch_size]
             loss = loss_fn(model(train.images[idx]), train.labels[idx])
             opt.zero_grad(set_to_none=True)

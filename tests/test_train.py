@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nas_proxy.data import Split
+from nas_proxy.errors import NasProxyError
+from nas_proxy.models import build_model
+from nas_proxy.space import ArchSpec
+from nas_proxy.train import TrainConfig, accuracy, train_and_evaluate, train_model
+
+SMALL = ArchSpec(depth=2, width=8)
+
+
+def test_training_learns_synthetic_data(tiny_data: tuple[Split, Split]) -> None:
+    train, test = tiny_data
+    out = train_and_evaluate(SMALL, train, test, TrainConfig(epochs=15, batch_size=64), seed=0)
+    assert out.status == "ok" and out.accuracy > 0.6
+    assert out.steps == 15 * 5 and out.params > 0
+
+
+def test_same_seed_same_result_on_cpu(tiny_data: tuple[Split, Split]) -> None:
+    train, test = tiny_data
+    cfg = TrainConfig(epochs=2, batch_size=32)
+    a = train_and_evaluate(SMALL, train, test, cfg, seed=3)
+    b = train_and_evaluate(SMALL, train, test, cfg, seed=3)
+    assert a.accuracy == b.accuracy and a.steps == b.steps
+
+
+def test_lr_decays_once_at_half(tiny_data: tuple[Split, Split]) -> None:
+    train, _ = tiny_data
+    model = build_model(SMALL, seed=0)
+    lrs: list[int] = []
+
+    def spy(epoch: int, m: torch.nn.Module) -> None:
+        lrs.append(epoch)
+
+    cfg = TrainConfig(epochs=4, batch_size=300)  # one step an epoch
+    stats = train_model(model, train, cfg, seed=0, on_epoch=spy)
+    assert stats.steps == 4 and lrs == [1, 2, 3, 4]
+    assert [cfg.lr_at(s, 4) for s in range(4)] == pytest.approx([0.01, 0.01, 0.001, 0.001])
+
+
+def test_max_steps_caps_training(tiny_data: tuple[Split, Split]) -> None:
+    train, _ = tiny_data
+    stats = train_model(build_model(SMALL, seed=0), train, TrainConfig(epochs=50, batch_size=32, max_steps=7), seed=0)
+    assert stats.steps == 7
+
+
+def test_divergence_is_reported_not_raised(tiny_data: tuple[Split, Split]) -> None:
+    train, test = tiny_data
+    out = train_and_evaluate(
+        ArchSpec(depth=1, width=8, norm="none"), train, test, TrainConfig(epochs=3, lr=1e6, momentum=0.0), seed=0
+    )
+    assert out.status == "diverged"
+
+
+def test_accuracy_counts_correct_predictions() -> None:
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 3).float()
+
+    images = torch.tensor([0.0, 1.0, 2.0, 2.0]).view(4, 1, 1, 1)
+    split = Split(images, torch.tensor([0, 1, 1, 2]), 3, "hand", (0.0,), (1.0,))
+    assert accuracy(Fixed(), split, batch_size=3) == 0.75
+
+
+def test_config_validation_and_hash() -> None:
+    with pytest.raises(NasProxyError, match="epochs"):
+        TrainConfig(epochs=0)
+    assert TrainConfig().hash == TrainConfig().hash != TrainConfig(epochs=100).hash
