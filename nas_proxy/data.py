@@ -193,7 +193,9 @@ def _npz_arrays(path: Path) -> RawArrays:
         with np.load(path) as f:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
             if missing:
-                raise NasProxyError(f"{path}: missing arrays {', '.join(missing)}; needs x_train, y_train, x_test, y_test")
+                raise NasProxyError(
+                    f"{path}: missing arrays {', '.join(missing)}; needs x_train, y_train, x_test, y_test"
+                )
             arrays = [f[k] for k in ("x_train", "y_train", "x_test", "y_test")]
     except (OSError, ValueError) as exc:
         if isinstance(exc, NasProxyError):
@@ -315,7 +317,9 @@ def load_dataset(
     root_path = Path(root).expanduser() if root is not None else None
     if kind in DATASETS:
         info = DATASETS[kind]
-        key = kind if root_path is None else f"{kind}-{hashlib.sha256(str(root_path.resolve()).encode()).hexdigest()[:8]}"
+        key = (
+            kind if root_path is None else f"{kind}-{hashlib.sha256(str(root_path.resolve()).encode()).hexdigest()[:8]}"
+        )
         arrays = _cached(key, lambda: _named_arrays(kind, root_path))
         label = kind
     else:
@@ -326,7 +330,9 @@ def load_dataset(
     x_train, x_test = _scale(arrays[0]), _scale(arrays[2])
     y_train, y_test = _labels(arrays[1], label, len(x_train)), _labels(arrays[3], label, len(x_test))
     if x_train.shape[1:] != x_test.shape[1:]:
-        raise NasProxyError(f"{label}: train images {tuple(x_train.shape[1:])} and test {tuple(x_test.shape[1:])} differ")
+        raise NasProxyError(
+            f"{label}: train images {tuple(x_train.shape[1:])} and test {tuple(x_test.shape[1:])} differ"
+        )
     if kind in DATASETS:
         mean, std, classes = info.mean, info.std, info.num_classes
     else:

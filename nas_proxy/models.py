@@ -68,10 +68,12 @@ class ConvNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Flattened final feature map: the embedding used by herding, k-center and DM."""
-        return self.features(x).flatten(1)
+        out: torch.Tensor = self.features(x)
+        return out.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+        logits: torch.Tensor = self.classifier(self.embed(x))
+        return logits
 
 
 def build_model(

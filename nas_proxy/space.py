@@ -10,8 +10,8 @@ import fnmatch
 import itertools
 import random
 import tomllib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +50,16 @@ class ArchSpec:
     pool: str = "avgpool"
 
     def __post_init__(self) -> None:
-        for axis, value in (("depth", self.depth), ("width", self.width)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise NasProxyError(f"{axis} must be a positive integer, got {value!r}")
-        for axis, value, table in (
+        for axis, number in (("depth", self.depth), ("width", self.width)):
+            if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+                raise NasProxyError(f"{axis} must be a positive integer, got {number!r}")
+        for axis, name, table in (
             ("act", self.act, ACT_TOKENS),
             ("norm", self.norm, NORM_TOKENS),
             ("pool", self.pool, POOL_TOKENS),
         ):
-            if value not in table:
-                raise UnknownNameError(axis, value, table)
+            if name not in table:
+                raise UnknownNameError(axis, name, table)
         if self.norm == "groupnorm" and self.width % 4:
             raise NasProxyError(f"groupnorm uses 4 groups: width must be a multiple of 4, got {self.width}")
 
@@ -75,7 +75,8 @@ class ArchSpec:
     def from_id(cls, arch_id: str) -> ArchSpec:
         """Parse an id made by :attr:`id`; a malformed id raises naming the bad token."""
         parts = arch_id.strip().split("-")
-        form = f"{FAMILY}-D<depth>-W<width>-<{'|'.join(_ACT_NAMES)}>-<{'|'.join(_NORM_NAMES)}>-<{'|'.join(_POOL_NAMES)}>"
+        tokens = ">-<".join("|".join(names) for names in (_ACT_NAMES, _NORM_NAMES, _POOL_NAMES))
+        form = f"{FAMILY}-D<depth>-W<width>-<{tokens}>"
         if len(parts) != 6 or parts[0] != FAMILY:
             raise NasProxyError(f"malformed architecture id {arch_id!r}; expected {form}")
         _, d, w, a, n, p = parts
@@ -119,6 +120,9 @@ class SearchSpace:
         object.__setattr__(self, "_specs", tuple(self._enumerate()))
         object.__setattr__(self, "_index", {s: i for i, s in enumerate(self._specs)})
 
+    _specs: tuple[ArchSpec, ...] = field(init=False, repr=False, compare=False)
+    _index: dict[ArchSpec, int] = field(init=False, repr=False, compare=False)
+
     def _enumerate(self) -> Iterator[ArchSpec]:
         names = [axis for axis, _ in self.axes]
         for combo in itertools.product(*(values for _, values in self.axes)):
@@ -126,7 +130,7 @@ class SearchSpace:
 
     @property
     def specs(self) -> tuple[ArchSpec, ...]:
-        return self._specs  # type: ignore[attr-defined,no-any-return]
+        return self._specs
 
     def axis_values(self, axis: str) -> tuple[Any, ...]:
         for name, values in self.axes:
@@ -144,12 +148,12 @@ class SearchSpace:
         return self.specs[index]
 
     def __contains__(self, spec: object) -> bool:
-        return spec in self._index  # type: ignore[attr-defined]
+        return spec in self._index
 
     def index(self, spec: ArchSpec | str) -> int:
         """Canonical position of ``spec`` (or an id); outside the space raises naming the axis."""
         spec = self.get(spec)
-        return self._index[spec]  # type: ignore[attr-defined,no-any-return]
+        return self._index[spec]
 
     def get(self, spec: ArchSpec | str) -> ArchSpec:
         """The spec for an id, checked to be in this space (the error names the bad axis value)."""

@@ -70,7 +70,15 @@ def test_train_on_npz(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     x = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
     np.savez(path, x_train=x, y_train=np.arange(40) % 4, x_test=x[:8], y_test=np.arange(8) % 4)
     code, out, _ = _run(
-        capsys, "train", "--arch", "ConvNet-D1-W4-AR-IN-AP", "--dataset", str(path), "--epochs", "1",
-        "--train-subset", "20",
+        capsys,
+        "train",
+        "--arch",
+        "ConvNet-D1-W4-AR-IN-AP",
+        "--dataset",
+        str(path),
+        "--epochs",
+        "1",
+        "--train-subset",
+        "20",
     )
     assert code == 0 and "accuracy:" in out and "20 images" in out

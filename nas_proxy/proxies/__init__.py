@@ -14,7 +14,8 @@ from nas_proxy.proxies.artifact import ProxyManifest, ProxySet, load_proxy, save
 from nas_proxy.proxies.base import ProxyBuilder
 
 # name -> builder class; each builder module's classes are imported above and listed here.
-BUILDERS: dict[str, type[ProxyBuilder]] = {cls.name: cls for cls in ()}
+_BUILDER_CLASSES: tuple[type[ProxyBuilder], ...] = ()
+BUILDERS: dict[str, type[ProxyBuilder]] = {cls.name: cls for cls in _BUILDER_CLASSES}
 
 
 def list_builders() -> list[str]:
@@ -28,7 +29,8 @@ def get_builder(name: str, **params: Any) -> ProxyBuilder:
     cls = BUILDERS[name]
     unknown = sorted(set(params) - set(cls.param_names()))
     if unknown:
-        raise NasProxyError(f"method {name!r} has no parameter {', '.join(unknown)}; valid: {', '.join(cls.param_names())}")
+        valid = ", ".join(cls.param_names())
+        raise NasProxyError(f"method {name!r} has no parameter {', '.join(unknown)}; valid: {valid}")
     return cls(**params)
 
 
