@@ -12,9 +12,10 @@ from typing import Any
 from nas_proxy.errors import NasProxyError, UnknownNameError
 from nas_proxy.proxies.artifact import ProxyManifest, ProxySet, load_proxy, save_proxy
 from nas_proxy.proxies.base import ProxyBuilder
+from nas_proxy.proxies.coreset import Forgetting, Herding, KCenter, RandomSelection
 
 # name -> builder class; each builder module's classes are imported above and listed here.
-_BUILDER_CLASSES: tuple[type[ProxyBuilder], ...] = ()
+_BUILDER_CLASSES: tuple[type[ProxyBuilder], ...] = (RandomSelection, Herding, KCenter, Forgetting)
 BUILDERS: dict[str, type[ProxyBuilder]] = {cls.name: cls for cls in _BUILDER_CLASSES}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import zipfile
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,11 +74,57 @@ class ProxyManifest:
         if missing:
             raise NasProxyError(f"{source}: manifest lacks {', '.join(missing)}")
         data = {k: v for k, v in data.items() if k in names}
+        for key, value in data.items():
+            kind = _MANIFEST_KINDS[key]
+            if not _is_kind(value, kind):
+                raise NasProxyError(f"{source}: manifest field {key} must be {kind}, got {value!r:.60}")
+        if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise NasProxyError(f"{source}: format version {data['format_version']} is newer than this nas-proxy reads")
         for key in ("mean", "std"):
             data[key] = tuple(data[key])
         if data.get("indices") is not None:
-            data["indices"] = tuple(int(i) for i in data["indices"])
+            data["indices"] = tuple(data["indices"])
         return cls(**data)
+
+
+# JSON kind of each manifest field: an edited manifest fails here, naming the field.
+_MANIFEST_KINDS: dict[str, str] = {
+    "method": "str",
+    "params": "object",
+    "dataset": "str",
+    "num_classes": "int",
+    "ipc": "int",
+    "seed": "int",
+    "build_seconds": "number",
+    "images": "int",
+    "bytes": "int",
+    "content_hash": "str",
+    "package_version": "str",
+    "mean": "list of numbers",
+    "std": "list of numbers",
+    "created": "str",
+    "indices": "null or list of ints",
+    "format_version": "int",
+    "extra": "object",
+}
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    checks: dict[str, Callable[[Any], bool]] = {
+        "str": lambda v: isinstance(v, str),
+        "object": lambda v: isinstance(v, dict),
+        "int": is_int,
+        "number": is_number,
+        "list of numbers": lambda v: isinstance(v, list) and all(map(is_number, v)),
+        "null or list of ints": lambda v: v is None or (isinstance(v, list) and all(map(is_int, v))),
+    }
+    return checks[kind](value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,6 +205,12 @@ def validate(proxy: ProxySet, source: str) -> None:
         raise NasProxyError(
             f"{source}: holds {x.shape[0]} images; manifest says {m.images} ({m.ipc} per class x {m.num_classes})"
         )
+    if m.bytes != x.numel() * 4 + y.numel() * 8:
+        raise NasProxyError(
+            f"{source}: manifest says {m.bytes} bytes but images and labels take {x.numel() * 4 + y.numel() * 8}"
+        )
+    if m.indices is not None and len(m.indices) != x.shape[0]:
+        raise NasProxyError(f"{source}: {x.shape[0]} images but {len(m.indices)} training-set indices")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= m.num_classes):
         raise NasProxyError(f"{source}: labels outside 0..{m.num_classes - 1}")
     counts = torch.bincount(y, minlength=m.num_classes)
@@ -202,7 +254,7 @@ def load_proxy(path: str | Path) -> ProxySet:
             images, labels, manifest_text = f["images"], f["labels"], str(f["manifest"])
     except NasProxyError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except Exception as exc:  # numpy's parsers raise many types on damaged bytes (e.g. tokenize.TokenError)
         raise NasProxyError(f"{path}: corrupted or truncated proxy file ({type(exc).__name__}: {exc})") from exc
     if images.dtype != np.float32 or labels.dtype != np.int64:
         raise NasProxyError(f"{path}: expected float32 images and int64 labels, got {images.dtype} and {labels.dtype}")

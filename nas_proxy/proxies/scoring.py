@@ -1,0 +1,81 @@
+"""Score a proxy set the way the paper's accuracy tables do: train fresh nets on it, test on real data.
+
+REFERENCE.md section 4: a fresh ConvNet per seed, SGD lr 0.01, momentum 0.9, weight decay 5e-4,
+batch 256, 300 epochs, lr x0.1 once at half (``TrainConfig()``); the final test accuracy, mean
+and standard deviation over the nets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from nas_proxy.data import Split
+from nas_proxy.errors import NasProxyError
+from nas_proxy.proxies.artifact import ProxySet
+from nas_proxy.space import DEFAULT_ARCH, ArchSpec
+from nas_proxy.train import RunOutcome, TrainConfig, train_and_evaluate
+
+ModelCallback = Callable[[int, RunOutcome], None]
+
+
+def check_compatible(proxy: ProxySet, test: Split) -> None:
+    """Raise if the test split cannot score ``proxy`` (other image shape or class count)."""
+    shape, test_shape = tuple(proxy.images.shape[1:]), tuple(test.images.shape[1:])
+    if shape != test_shape:
+        raise NasProxyError(f"proxy images are {shape} but test images of {test.dataset} are {test_shape}")
+    if proxy.manifest.num_classes != test.num_classes:
+        raise NasProxyError(
+            f"proxy has {proxy.manifest.num_classes} classes but test set {test.dataset} has {test.num_classes}"
+        )
+
+
+def evaluate_proxy(
+    proxy: ProxySet,
+    test: Split,
+    arch: str | ArchSpec = DEFAULT_ARCH,
+    models: int = 5,
+    config: TrainConfig | None = None,
+    seed: int = 0,
+    *,
+    progress: bool = False,
+    on_model: ModelCallback | None = None,
+) -> list[float]:
+    """Test accuracies in [0, 1] of ``models`` nets (seeds ``seed .. seed+models-1``) trained on ``proxy``.
+
+    A net whose loss diverges scores NaN (reported, not hidden). ``on_model(i, outcome)`` is
+    called after each net, so a caller can print results as they come.
+    """
+    if isinstance(models, bool) or not isinstance(models, int) or models < 1:
+        raise NasProxyError(f"models must be a positive integer, got {models!r}")
+    spec = ArchSpec.from_id(arch) if isinstance(arch, str) else arch
+    config = config if config is not None else TrainConfig()
+    check_compatible(proxy, test)
+    train = proxy.as_split(test.device)
+
+    from tqdm.auto import tqdm
+
+    accs: list[float] = []
+    with tqdm(total=models * config.epochs, desc=f"eval {proxy.id}", unit="epoch", disable=not progress) as bar:
+        for i in range(models):
+            bar.set_postfix(model=f"{i + 1}/{models}")
+            out = train_and_evaluate(spec, train, test, config, seed=seed + i, on_epoch=lambda _e, _m: bar.update(1))
+            # A net that stopped early (diverged, or max_steps) leaves its epochs unticked.
+            bar.n = (i + 1) * config.epochs
+            bar.refresh()
+            accs.append(out.accuracy)
+            if on_model is not None:
+                on_model(i, out)
+    return accs
+
+
+def summarize(accuracies: list[float]) -> tuple[float, float]:
+    """Mean and standard deviation in percent (``np.std``, ddof 0, as the authors report)."""
+    if not accuracies:
+        raise NasProxyError("no accuracies to summarize")
+    values = np.asarray(accuracies, dtype=np.float64) * 100
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std())
