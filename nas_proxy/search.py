@@ -1,0 +1,576 @@
+"""Optuna studies whose objective trains a trial's architecture on a proxy set.
+
+The pieces compose the usual Optuna way::
+
+    objective = make_objective(proxy, test, space=space, epochs=100, seed=0)
+    study = create_study(space, sampler="tpe", pruner="median", storage=None, study_name="fm-dc")
+    study.optimize(objective, n_trials=50)
+
+- :func:`suggest_arch` asks one categorical per axis, named by the axis (``depth``, ``width``,
+  ...), so any sampler works, including :class:`optuna.samplers.GridSampler` over the space.
+- The objective reports test accuracy every ``report_every`` epochs (``trial.report``) so the
+  pruners work, and records ``arch_id``, ``source_id``, ``params``, ``seconds``, ``steps``,
+  ``epochs``, ``seed`` and ``status`` as trial user attributes.
+- Storage: :func:`default_storage` is a journal file (safe for several processes on one file
+  system); :func:`open_storage` also takes any RDB URL (``sqlite:///x.db``,
+  ``postgresql://...``) for workers on several machines.
+
+Scores are accuracies in [0, 1]. A run whose loss diverges returns ``nan`` by default, which
+Optuna records as a FAIL trial (its user attr ``status`` is ``diverged``); samplers then ignore
+it. ``diverged="zero"`` scores it 0.0 instead, which steers samplers away from such
+architectures (use it when divergence is common, e.g. sigmoid nets without normalization).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import torch
+from optuna.trial import BaseTrial, FrozenTrial, TrialState
+
+from nas_proxy.data import Split
+from nas_proxy.device import resolve_device
+from nas_proxy.errors import NasProxyError, UnknownNameError
+from nas_proxy.models import build_model, count_params
+from nas_proxy.proxies.artifact import ProxySet
+from nas_proxy.space import AXES, ArchSpec, SearchSpace
+from nas_proxy.train import TrainConfig, accuracy, train_model
+
+DEFAULT_STUDY_DIR = Path("results") / "studies"
+# Intermediate reports score a fixed subset of the eval split: on a 100-image proxy, scoring all
+# 10,000 test images every epoch would cost far more than the training itself.
+DEFAULT_REPORT_IMAGES = 1000
+
+Objective = Callable[[BaseTrial], float | tuple[float, float]]
+Diverged = Literal["fail", "zero"]
+
+# ----------------------------------------------------------------------------- trial -> architecture
+
+
+def suggest_arch(trial: BaseTrial, space: SearchSpace) -> ArchSpec:
+    """One ``suggest_categorical`` per axis (named by the axis); the id is kept as user attr ``arch_id``."""
+    values = {axis: trial.suggest_categorical(axis, list(choices)) for axis, choices in space.axes}
+    spec = space.get(ArchSpec(**values))
+    trial.set_user_attr("arch_id", spec.id)
+    return spec
+
+
+def trial_arch(trial: FrozenTrial) -> ArchSpec:
+    """The architecture of a finished trial (from ``arch_id``, else from its parameters)."""
+    arch_id = trial.user_attrs.get("arch_id")
+    if isinstance(arch_id, str):
+        return ArchSpec.from_id(arch_id)
+    return ArchSpec(**{axis: trial.params[axis] for axis in AXES})
+
+
+# ----------------------------------------------------------------------------- objective
+
+
+@dataclass(frozen=True)
+class _Source:
+    split: Split
+    source_id: str
+
+
+def _as_source(train_source: Split | ProxySet, source_id: str | None, device: torch.device) -> _Source:
+    if isinstance(train_source, ProxySet):
+        return _Source(train_source.as_split(device), source_id or train_source.id)
+    return _Source(train_source.to(device), source_id or f"{train_source.dataset}-n{len(train_source)}")
+
+
+def _check_pair(train: Split, test: Split) -> None:
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise NasProxyError(
+            f"training images are {tuple(train.images.shape[1:])} but eval images of {test.dataset} "
+            f"are {tuple(test.images.shape[1:])}"
+        )
+    if train.num_classes != test.num_classes:
+        raise NasProxyError(f"training data has {train.num_classes} classes but eval split has {test.num_classes}")
+
+
+def make_objective(
+    train_source: Split | ProxySet,
+    eval_split: Split,
+    *,
+    space: SearchSpace,
+    epochs: int,
+    seed: int,
+    config: TrainConfig | None = None,
+    report_every: int | None = None,
+    report_images: int | None = DEFAULT_REPORT_IMAGES,
+    multi_objective: bool = False,
+    diverged: Diverged = "fail",
+    reuse_duplicates: bool = True,
+    source_id: str | None = None,
+    device: str | torch.device | None = None,
+) -> Objective:
+    """An objective for ``study.optimize``: train the trial's architecture on ``train_source``.
+
+    Returns final accuracy on ``eval_split`` (single objective, direction maximize), or
+    ``(accuracy, params)`` with ``multi_objective`` (directions maximize, minimize; for NSGA-II).
+
+    - ``epochs`` with the rest of the protocol from ``config`` (default: the reference protocol).
+    - Weights and batch order both come from ``seed``, and every trial uses the same seed, so a
+      trial's value is a deterministic function of its architecture on CPU.
+    - Single objective: every ``report_every`` epochs (default: ten reports a run) the accuracy
+      on a fixed ``report_images`` subset of ``eval_split`` is reported, and the trial raises
+      :class:`optuna.TrialPruned` when the study's pruner says so. Multi-objective studies
+      cannot prune in Optuna, so nothing is reported there.
+    - ``reuse_duplicates``: an architecture already COMPLETE in the study is not trained again
+      (the objective is deterministic); the trial takes the stored value and records
+      ``duplicate_of``. Samplers over a finite grid propose repeats often.
+    - ``diverged``: ``"fail"`` returns ``nan`` (Optuna marks the trial FAIL), ``"zero"`` scores 0.
+    """
+    if epochs < 1:
+        raise NasProxyError(f"epochs must be at least 1, got {epochs}")
+    if report_every is not None and report_every < 1:
+        raise NasProxyError(f"report_every must be at least 1, got {report_every}")
+    if diverged not in ("fail", "zero"):
+        raise UnknownNameError("diverged policy", diverged, ("fail", "zero"))
+    dev = resolve_device(device)
+    source = _as_source(train_source, source_id, dev)
+    test = eval_split.to(dev)
+    _check_pair(source.split, test)
+    if len(source.split) == 0 or len(test) == 0:
+        raise NasProxyError("training source and eval split must both hold images")
+    cfg = replace(config or TrainConfig(), epochs=epochs)
+    every = report_every or max(1, epochs // 10)
+    # A fixed subset (seeded by `seed`) so every trial's intermediate values are comparable.
+    monitor = test if report_images is None or report_images >= len(test) else test.random_subset(report_images, seed)
+    train = source.split
+
+    def objective(trial: BaseTrial) -> float | tuple[float, float]:
+        spec = suggest_arch(trial, space)
+        for key, value in (("source_id", source.source_id), ("epochs", epochs), ("seed", seed)):
+            trial.set_user_attr(key, value)
+        if reuse_duplicates:
+            twin = _completed_twin(trial, spec.id)
+            if twin is not None:
+                for key in ("params", "steps", "status"):
+                    trial.set_user_attr(key, twin.user_attrs.get(key))
+                trial.set_user_attr("seconds", 0.0)
+                trial.set_user_attr("duplicate_of", twin.number)
+                values = twin.values
+                return (values[0], values[1]) if multi_objective else values[0]
+        model = build_model(spec, train.in_channels, train.image_size, train.num_classes, seed=seed).to(dev)
+        params = count_params(model)
+        trial.set_user_attr("params", params)
+        start = time.perf_counter()
+
+        def on_epoch(epoch: int, net: torch.nn.Module) -> None:
+            if multi_objective or epoch % every or epoch == epochs:
+                return  # the last epoch is scored on the whole eval split below
+            trial.report(accuracy(net, monitor), epoch)
+            if trial.should_prune():
+                trial.set_user_attr("status", "pruned")
+                trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        stats = train_model(model, train, cfg, seed, on_epoch=on_epoch)
+        trial.set_user_attr("steps", stats.steps)
+        if stats.diverged:
+            trial.set_user_attr("status", "diverged")
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+            acc = 0.0 if diverged == "zero" else math.nan
+        else:
+            acc = accuracy(model, test)
+            trial.set_user_attr("status", "ok")
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+        return (acc, float(params)) if multi_objective else acc
+
+    return objective
+
+
+def _completed_twin(trial: BaseTrial, arch_id: str) -> FrozenTrial | None:
+    study: optuna.Study | None = getattr(trial, "study", None)  # an optuna.trial.FixedTrial has no study
+    if study is None:
+        return None
+    for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if done.user_attrs.get("arch_id") == arch_id and done.values is not None:
+            return done
+    return None
+
+
+# ----------------------------------------------------------------------------- samplers and pruners
+
+SamplerFactory = Callable[..., optuna.samplers.BaseSampler]
+
+
+def _tpe(space: SearchSpace, seed: int, **kw: Any) -> optuna.samplers.BaseSampler:
+    # multivariate: the axes interact (a norm helps one activation and not another).
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, **kw)
+
+
+def _random(space: SearchSpace, seed: int, **kw: Any) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed, **kw)
+
+
+def _grid(space: SearchSpace, seed: int, **kw: Any) -> optuna.samplers.BaseSampler:
+    # Visits every candidate once (in a seeded order); the study stops itself when the grid is done.
+    return optuna.samplers.GridSampler({axis: list(values) for axis, values in space.axes}, seed=seed, **kw)
+
+
+def _nsga2(space: SearchSpace, seed: int, **kw: Any) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.NSGAIISampler(seed=seed, **kw)
+
+
+SAMPLERS: dict[str, SamplerFactory] = {"tpe": _tpe, "random": _random, "grid": _grid, "nsga2": _nsga2}
+PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+    "median": optuna.pruners.MedianPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "none": optuna.pruners.NopPruner,
+}
+
+
+def list_samplers() -> list[str]:
+    return list(SAMPLERS)
+
+
+def list_pruners() -> list[str]:
+    return list(PRUNERS)
+
+
+def get_sampler(name: str, space: SearchSpace, seed: int, **options: Any) -> optuna.samplers.BaseSampler:
+    """A seeded sampler by name (``tpe``, ``random``, ``grid``, ``nsga2``); ``options`` go to its constructor."""
+    if name not in SAMPLERS:
+        raise UnknownNameError("sampler", name, SAMPLERS)
+    try:
+        return SAMPLERS[name](space, seed, **options)
+    except TypeError as exc:
+        raise NasProxyError(f"sampler {name!r}: bad option ({exc})") from exc
+
+
+def get_pruner(name: str) -> optuna.pruners.BasePruner:
+    """A pruner by name (``median``, ``hyperband``, ``none``) with Optuna's defaults."""
+    if name not in PRUNERS:
+        raise UnknownNameError("pruner", name, PRUNERS)
+    return PRUNERS[name]()
+
+
+# ----------------------------------------------------------------------------- storage and studies
+
+
+def default_storage(path: str | Path) -> optuna.storages.JournalStorage:
+    """A journal-file storage at ``path``: appends under a file lock, safe for several processes."""
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    except OSError as exc:
+        raise NasProxyError(f"cannot open study journal {str(path)!r}: {exc.strerror or exc}") from exc
+
+
+def default_storage_path(study_name: str) -> Path:
+    """``results/studies/<study_name>.log``."""
+    return DEFAULT_STUDY_DIR / f"{study_name}.log"
+
+
+def _redact(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is reported as given
+        return url
+
+
+def open_storage(
+    storage: str | Path | optuna.storages.BaseStorage | None, study_name: str
+) -> optuna.storages.BaseStorage:
+    """``None`` -> journal file under results/studies; ``scheme://...`` -> RDB; else a journal file path.
+
+    An RDB that cannot be reached (or whose driver is missing) raises one NasProxyError line.
+    """
+    if isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    if storage is None:
+        return default_storage(default_storage_path(study_name))
+    text = str(storage)
+    if "://" not in text:
+        return default_storage(text)
+    try:
+        return optuna.storages.RDBStorage(text)
+    except Exception as exc:  # sqlalchemy raises many types: driver missing, refused, bad URL
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NasProxyError(f"cannot open storage {_redact(text)!r}: {reason[:200]}") from exc
+
+
+def create_study(
+    space: SearchSpace,
+    sampler: str | optuna.samplers.BaseSampler = "tpe",
+    pruner: str | optuna.pruners.BasePruner | None = "median",
+    storage: str | Path | optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    multi_objective: bool | None = None,
+    *,
+    user_attrs: Mapping[str, Any] | None = None,
+    sampler_options: Mapping[str, Any] | None = None,
+) -> optuna.Study:
+    """Create or continue (``load_if_exists``) a study over ``space``.
+
+    - ``multi_objective`` (default: ``sampler == "nsga2"``): directions (maximize accuracy,
+      minimize params); such studies cannot prune, so ``pruner`` must be ``none``/``None``.
+    - ``storage=None`` and no ``study_name``: an in-memory study. ``storage=None`` with a name:
+      the journal file ``results/studies/<name>.log``.
+    - ``user_attrs`` (e.g. the proxy id and epochs) are written on a new study and checked on a
+      continued one, so a study never mixes trials scored under different settings.
+    - A continued study seeds its sampler with ``seed + finished trials``: a reseeded random
+      sampler would otherwise propose the same architectures again.
+    """
+    sampler_name = sampler if isinstance(sampler, str) else type(sampler).__name__
+    multi = (sampler_name == "nsga2") if multi_objective is None else multi_objective
+    if isinstance(sampler, str) and sampler not in SAMPLERS:
+        raise UnknownNameError("sampler", sampler, SAMPLERS)
+    pruner_obj = get_pruner(pruner) if isinstance(pruner, str) else pruner or optuna.pruners.NopPruner()
+    if multi and not isinstance(pruner_obj, optuna.pruners.NopPruner):
+        raise NasProxyError("Optuna cannot prune multi-objective studies: use pruner 'none' with nsga2")
+    attrs = {"space": space.name, "objective": "accuracy,params" if multi else "accuracy", **(user_attrs or {})}
+    if storage is None and study_name is None:
+        store: optuna.storages.BaseStorage | None = None
+    else:
+        name = study_name or "nas-proxy"
+        store = open_storage(storage, name)
+    directions: list[Literal["minimize", "maximize"]] = ["maximize", "minimize"] if multi else ["maximize"]
+    existing = _existing_attrs(store, study_name)
+    if existing is not None:
+        for key, value in attrs.items():
+            if key in existing and existing[key] != value:
+                raise NasProxyError(
+                    f"study {study_name!r} was run with {key}={existing[key]!r}, not {value!r}; "
+                    f"choose another study name"
+                )
+    study = optuna.create_study(
+        storage=store,
+        sampler=None,
+        pruner=pruner_obj,
+        study_name=study_name,
+        directions=directions,
+        load_if_exists=True,
+    )
+    if existing is None:
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+    finished = len(study.get_trials(deepcopy=False, states=_FINISHED))
+    if isinstance(sampler, str):
+        study.sampler = get_sampler(sampler, space, seed + finished, **(sampler_options or {}))
+    else:
+        study.sampler = sampler
+    return study
+
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _existing_attrs(store: optuna.storages.BaseStorage | None, study_name: str | None) -> dict[str, Any] | None:
+    if store is None or study_name is None:
+        return None
+    try:
+        study_id = store.get_study_id_from_name(study_name)
+    except KeyError:
+        return None
+    return dict(store.get_study_user_attrs(study_id))
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def counted_trials(study: optuna.Study) -> int:
+    """Trials that used up budget: complete, pruned, or failed by divergence (not interrupted ones)."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=_FINISHED):
+        if t.state != TrialState.FAIL or t.user_attrs.get("status") == "diverged":
+            n += 1
+    return n
+
+
+def stop_after(n_trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """A callback that stops the study once ``n_trials`` trials count (see :func:`counted_trials`).
+
+    Unlike ``optimize(n_trials=...)`` this is a total over every process and every rerun, so
+    several workers, or a rerun after Ctrl-C, together finish exactly the study's budget.
+    """
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if counted_trials(study) >= n_trials:
+            study.stop()
+
+    return callback
+
+
+def best_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """Up to ``k`` complete trials with distinct architectures, best accuracy first.
+
+    Multi-objective studies: the Pareto front first (by accuracy), then the other trials.
+    """
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values is not None]
+    done = [t for t in done if not math.isnan(t.values[0])]
+    front: set[int] = set()
+    if len(study.directions) > 1:
+        front = {t.number for t in study.best_trials}
+    done.sort(key=lambda t: (t.number not in front, -t.values[0], t.number))
+    out: list[FrozenTrial] = []
+    seen: set[str] = set()
+    for t in done:
+        arch = trial_arch(t).id
+        if arch not in seen:
+            seen.add(arch)
+            out.append(t)
+        if len(out) == k:
+            break
+    return out
+
+
+@dataclass(frozen=True)
+class GroundTruthRanks:
+    """Whole-data accuracy per architecture (mean over seeds) and its rank (1 = best)."""
+
+    accuracy: dict[str, float]
+    rank: dict[str, int]
+    path: str
+
+    def __len__(self) -> int:
+        return len(self.accuracy)
+
+
+def read_ground_truth(path: str | Path) -> GroundTruthRanks:
+    """Read ``arch_id`` and ``accuracy`` (in [0, 1]) from a ground-truth CSV; ``status`` other than ok is dropped."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise NasProxyError(f"ground-truth file {str(path)!r} does not exist")
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise NasProxyError(f"{path}: unreadable CSV ({exc})") from exc
+    missing = [c for c in ("arch_id", "accuracy") if c not in table.columns]
+    if missing:
+        raise NasProxyError(f"{path}: missing columns {', '.join(missing)} (needs arch_id, accuracy)")
+    if "status" in table.columns:
+        table = table[table["status"] == "ok"]
+    table = table.dropna(subset=["accuracy"])
+    if table.empty:
+        raise NasProxyError(f"{path}: no finished runs with an accuracy")
+    mean = table.groupby("arch_id")["accuracy"].mean().sort_values(ascending=False, kind="stable")
+    ranks = mean.rank(ascending=False, method="min").astype(int)
+    return GroundTruthRanks(
+        {str(k): float(v) for k, v in mean.items()}, {str(k): int(v) for k, v in ranks.items()}, str(path)
+    )
+
+
+def find_ground_truth(dataset: str, space: str, root: str | Path = Path("results") / "groundtruth") -> Path | None:
+    """The evaluator's ``<dataset>-<space>-e<epochs>.csv`` with the most epochs, if any exists."""
+    found: list[tuple[int, Path]] = []
+    prefix = f"{Path(dataset).stem}-{space}-e"
+    for p in Path(root).glob(f"{prefix}*.csv"):
+        tail = p.stem[len(prefix) :]
+        if tail.isdigit():
+            found.append((int(tail), p))
+    return max(found)[1] if found else None
+
+
+@dataclass(frozen=True)
+class Refit:
+    """Whole-data result of one architecture."""
+
+    arch_id: str
+    accuracy: float
+    seconds: float
+    status: str
+
+
+def refit(
+    specs: Sequence[ArchSpec],
+    train: Split,
+    test: Split,
+    config: TrainConfig,
+    seed: int,
+    *,
+    progress: bool = False,
+    on_result: Callable[[Refit], None] | None = None,
+) -> list[Refit]:
+    """Train each architecture on ``train`` (e.g. the whole training set) and score it on ``test``."""
+    from tqdm.auto import tqdm
+
+    from nas_proxy.train import train_and_evaluate
+
+    out: list[Refit] = []
+    for spec in tqdm(specs, desc="refit", unit="arch", disable=not progress):
+        o = train_and_evaluate(spec, train, test, config, seed)
+        r = Refit(spec.id, o.accuracy, o.seconds, o.status)
+        out.append(r)
+        if on_result is not None:
+            on_result(r)
+    return out
+
+
+def study_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials per state name (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ...), non-zero only."""
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def best_table(
+    trials: Sequence[FrozenTrial],
+    *,
+    ground_truth: GroundTruthRanks | None = None,
+    refits: Sequence[Refit] = (),
+) -> str:
+    """A markdown table of ``trials`` (accuracies in %), with ground-truth and refit columns when given."""
+    refit_by = {r.arch_id: r for r in refits}
+    head = ["#", "trial", "arch_id", "proxy acc %", "params"]
+    if refits:
+        head.append("whole-data acc % (refit)")
+    if ground_truth is not None:
+        head += ["ground-truth acc %", f"rank of {len(ground_truth)}"]
+    rows = [head, ["---"] * len(head)]
+    for i, t in enumerate(trials, 1):
+        arch = trial_arch(t).id
+        row = [str(i), str(t.number), arch, f"{100 * t.values[0]:.2f}", f"{t.user_attrs.get('params', '')}"]
+        if refits:
+            r = refit_by.get(arch)
+            row.append("" if r is None else (f"{100 * r.accuracy:.2f}" if r.status == "ok" else r.status))
+        if ground_truth is not None:
+            acc = ground_truth.accuracy.get(arch)
+            row += ["-", "-"] if acc is None else [f"{100 * acc:.2f}", str(ground_truth.rank[arch])]
+        rows.append(row)
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+__all__ = [
+    "PRUNERS",
+    "SAMPLERS",
+    "Diverged",
+    "GroundTruthRanks",
+    "Refit",
+    "best_table",
+    "best_trials",
+    "counted_trials",
+    "create_study",
+    "default_storage",
+    "default_storage_path",
+    "find_ground_truth",
+    "get_pruner",
+    "get_sampler",
+    "list_pruners",
+    "list_samplers",
+    "make_objective",
+    "open_storage",
+    "read_ground_truth",
+    "refit",
+    "stop_after",
+    "study_counts",
+    "suggest_arch",
+    "trial_arch",
+]
