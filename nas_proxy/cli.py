@@ -119,12 +119,398 @@ COMMANDS.append(_add_train)
 # (section: proxies)
 
 
+def _proxy_progress(args: argparse.Namespace) -> bool:
+    # A bar only for a person watching: not in logs, pipes or when asked not to.
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def default_proxy_path(dataset: str, method: str, ipc: int, seed: int) -> str:
+    """``results/proxies/{dataset}-{method}-ipc{K}-s{seed}.npz`` (a dataset path contributes its stem)."""
+    from pathlib import Path
+
+    stem = Path(dataset).stem if ("/" in dataset or dataset.endswith(".npz")) else dataset
+    return f"results/proxies/{stem}-{method}-ipc{ipc}-s{seed}.npz"
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nas_proxy.data import load_dataset
+    from nas_proxy.proxies import get_builder, parse_params, save_proxy
+
+    # Validate the method and its settings before loading any data: bad input fails fast.
+    params = parse_params(args.method, args.set or [])
+    for flag in ("ipc", "seed"):
+        if flag in params:
+            raise NasProxyError(f"set {flag} with --{flag}, not --set {flag}=...")
+    builder = get_builder(args.method, ipc=args.ipc, seed=args.seed, **params)
+    out = Path(args.out or default_proxy_path(args.dataset, args.method, args.ipc, args.seed))
+    if out.suffix != ".npz":
+        out = out.with_name(out.name + ".npz")
+    ckpt = out.with_suffix(".ckpt")
+    train, _ = load_dataset(args.dataset, root=args.data_root, device=args.device)
+    if ckpt.exists():
+        print(f"resuming from {ckpt}", file=sys.stderr)
+    proxy = builder.build(train, progress=_proxy_progress(args), checkpoint=ckpt)
+    path = save_proxy(proxy, out)
+    ckpt.unlink(missing_ok=True)  # the proxy is safely on disk; the checkpoint has served
+    m = proxy.manifest
+    print(f"path:     {path}")
+    print(f"method:   {m.method} ({', '.join(f'{k}={v}' for k, v in sorted(m.params.items()))})")
+    print(f"seconds:  {m.build_seconds:.1f}")
+    print(f"images:   {m.images} ({m.ipc} per class x {m.num_classes} classes of {m.dataset})")
+    print(f"bytes:    {m.bytes:,}")
+    return 0
+
+
+def _cmd_eval_proxy(args: argparse.Namespace) -> int:
+    from nas_proxy.data import load_dataset
+    from nas_proxy.proxies import load_proxy
+    from nas_proxy.proxies.scoring import check_compatible, evaluate_proxy, summarize
+    from nas_proxy.space import ArchSpec
+    from nas_proxy.train import RunOutcome, TrainConfig
+
+    proxy = load_proxy(args.path)
+    spec = ArchSpec.from_id(args.arch)
+    config = TrainConfig(epochs=args.epochs)
+    if args.models < 1:
+        raise NasProxyError(f"--models must be at least 1, got {args.models}")
+    _, test = load_dataset(args.dataset or proxy.manifest.dataset, root=args.data_root, device=args.device)
+    if args.test_subset is not None:
+        test = test.random_subset(args.test_subset, seed=0)  # fixed subset: comparable across proxies
+    check_compatible(proxy, test)
+    print(f"proxy:    {args.path} ({proxy.id}, {len(proxy)} images)")
+    print(f"protocol: {spec.id}, {config.epochs} epochs, {args.models} models, test on {len(test)} {test.dataset}")
+
+    def report(i: int, out: RunOutcome) -> None:
+        status = "" if out.status == "ok" else f" ({out.status})"
+        print(f"model {i + 1} (seed {args.seed + i}): {100 * out.accuracy:.2f} %{status}  [{out.seconds:.1f} s]")
+
+    progress = _proxy_progress(args)
+    accs = evaluate_proxy(proxy, test, spec, args.models, config, args.seed, progress=progress, on_model=report)
+    mean, std = summarize(accs)
+    print(f"accuracy: {mean:.2f} +- {std:.2f}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from nas_proxy.proxies import load_proxy
+    from nas_proxy.proxies.render import format_manifest, save_grid
+
+    proxy = load_proxy(args.path)
+    print(format_manifest(proxy))
+    if args.out:
+        if args.per_class is not None and args.per_class < 1:
+            raise NasProxyError(f"--per-class must be at least 1, got {args.per_class}")
+        path = save_grid(proxy, args.out, per_class=args.per_class)
+        print(f"grid:             {path}")
+    return 0
+
+
+def _add_proxies(sub: argparse._SubParsersAction[_Parser]) -> None:
+    from nas_proxy.space import DEFAULT_ARCH
+
+    b = sub.add_parser("build", help="build a proxy training set (coreset or condensed) and save it")
+    b.add_argument("--method", required=True, help="random, herding, kcenter, forgetting, dc, dsa, dm")
+    b.add_argument("--dataset", default="fashionmnist", help="name, .npz file or image-folder root")
+    b.add_argument("--ipc", type=int, default=10, metavar="K", help="images per class (default 10)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", default=None, metavar="PATH", help="default results/proxies/DATASET-METHOD-ipcK-sSEED.npz")
+    b.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="a method hyperparameter, e.g. --set embed_epochs=2"
+    )
+    b.add_argument("--data-root", default=None, help="folder holding the dataset's files")
+    b.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=_cmd_build)
+
+    e = sub.add_parser("eval-proxy", help="train fresh nets on a proxy file and print test accuracy mean +- std")
+    e.add_argument("path", metavar="PATH")
+    e.add_argument("--arch", default=DEFAULT_ARCH.id, metavar="ID")
+    e.add_argument("--models", type=int, default=5, metavar="N", help="nets to train, seeds SEED..SEED+N-1")
+    e.add_argument("--epochs", type=int, default=300, metavar="E", help="training epochs (reference: 300)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--dataset", default=None, help="test data (default: the proxy's own dataset)")
+    e.add_argument("--test-subset", type=int, default=None, metavar="N", help="test on a fixed random N images")
+    e.add_argument("--data-root", default=None, help="folder holding the dataset's files")
+    e.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=_cmd_eval_proxy)
+
+    s = sub.add_parser("show", help="print a proxy file's manifest; --out writes its images as a labelled grid")
+    s.add_argument("path", metavar="PATH")
+    s.add_argument("--out", default=None, metavar="PNG", help="write the image grid here")
+    s.add_argument("--per-class", type=int, default=None, metavar="K", help="images per class in the grid")
+    s.set_defaults(func=_cmd_show)
+
+
+COMMANDS.append(_add_proxies)
+
+
 # ----------------------------------------------------------------------------- evaluate / runs / report / demo
 # (section: evaluate)
 
 
+def _bar(args: argparse.Namespace) -> bool:
+    # A bar only for a person watching: tqdm itself turns it off when stderr is not a terminal.
+    return not args.no_progress
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from nas_proxy.evaluate import run_evaluation
+
+    res = run_evaluation(
+        space=args.space, dataset=args.dataset, proxies=args.proxy or [], full=args.full,
+        early_stopping=args.early_stopping, sample=args.sample, sample_seed=args.seed, pattern=args.filter,
+        epochs=args.epochs, full_epochs=args.full_epochs, seeds=args.seeds, out_dir=args.out, n_jobs=args.n_jobs,
+        backend=args.backend, scheduler=args.scheduler, rankers=args.rankers or (), ground_truth=args.ground_truth,
+        data_root=args.data_root, device=args.device, progress=_bar(args),
+    )
+    print(f"store:    {res.out_dir}")
+    print(f"runs:     {res.planned} planned, {res.skipped} already stored, {res.trained} trained now "
+          f"({res.ok} ok, {res.diverged} diverged, {res.failed} failed)")
+    if res.imported:
+        print(f"imported: {res.imported} whole-data rows from {args.ground_truth}")
+    if res.scores:
+        print(f"scores:   {res.scores} training-free scores")
+    print(f"next:     nas-proxy report {res.out_dir}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("evaluate", help="train candidates on proxies / whole data; store one row per run (resumable)")
+    p.add_argument("--space", default="convnet720", help="space name or .toml path (default convnet720)")
+    p.add_argument("--dataset", default="fashionmnist", help="name, .npz file or image-folder root")
+    p.add_argument("--proxy", action="append", metavar="PATH", help="a proxy .npz file (repeat for several)")
+    p.add_argument("--full", action="store_true", help="also train on the whole training set (the ground truth)")
+    p.add_argument("--early-stopping", action="store_true",
+                   help="also train on the whole set for as many SGD steps as a proxy run")
+    p.add_argument("--sample", type=int, default=None, metavar="N", help="stratified sample of N candidates")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    p.add_argument("--filter", default=None, metavar="GLOB", help="shell glob on ids, e.g. 'ConvNet-D3-*'")
+    p.add_argument("--epochs", type=int, default=100, help="epochs on a proxy (default 100, as the paper)")
+    p.add_argument("--full-epochs", type=int, default=None, metavar="E", help="whole-data epochs (default: --epochs)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S", help="training seeds (default 0)")
+    p.add_argument("--out", default="results/runs/latest", metavar="DIR", help="run directory (default %(default)s)")
+    p.add_argument("--n-jobs", type=int, default=1, metavar="N", help="workers, one torch thread each (-1: all cores)")
+    p.add_argument("--backend", default="loky", choices=["loky", "dask"], help="joblib backend (default loky)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (default: a local cluster)")
+    p.add_argument("--rankers", default=None, metavar="all|NAME,...", help="training-free rankers to score too")
+    p.add_argument("--ground-truth", default=None, metavar="FILE", help="whole-data rows from an exported .csv")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset's files")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from nas_proxy.store import open_store
+
+    frame = open_store(args.dir).frame()
+    frame.to_csv(sys.stdout, index=False)
+    return 0
+
+
+def _add_runs(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("runs", help="print every stored training run as CSV (header first)")
+    p.add_argument("dir", metavar="DIR", help="run directory")
+    p.set_defaults(func=_cmd_runs)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from nas_proxy.metrics import DEFAULT_TOPK
+    from nas_proxy.report import build_report, write_report
+
+    report = build_report(args.dir, topk=args.topk or DEFAULT_TOPK, n_boot=args.bootstrap, seed=args.seed)
+    paths = write_report(report, args.out, figures=not args.no_figures)
+    print(report.markdown())
+    print(f"written:  {paths[0].parent} ({', '.join(p.name for p in paths)})", file=sys.stderr)
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("report", help="the paper-style table (markdown, CSV) and figures from a run directory")
+    p.add_argument("dir", metavar="DIR", help="run directory")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write (default DIR/report)")
+    p.add_argument("--topk", nargs="+", default=None, metavar="K", help="top-k sets: all 10 30 5%% 10%% (default)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_ground_truth(args: argparse.Namespace) -> int:
+    from nas_proxy.groundtruth import export_ground_truth, sidecar_path
+
+    path = export_ground_truth(args.dir, args.out)
+    print(f"csv:      {path}")
+    print(f"protocol: {sidecar_path(path)}")
+    return 0
+
+
+def _add_ground_truth(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("ground-truth", help="export a run's whole-data rows as a shareable .csv + .json")
+    p.add_argument("dir", metavar="DIR", help="run directory with whole-data (--full) runs")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="default results/groundtruth/<dataset>-<space>-e<epochs>.csv")
+    p.set_defaults(func=_cmd_ground_truth)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from nas_proxy.demo import run_demo
+
+    result = run_demo(args.out, n_jobs=args.n_jobs, progress=_bar(args), data_root=args.data_root)
+    print(result.markdown)
+    print(f"written:  {result.out_dir}", file=sys.stderr)
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("demo", help="the main job, small: build proxies, evaluate candidates, report (minutes on CPU)")
+    p.add_argument("--out", default="results/demo", metavar="DIR", help="default results/demo")
+    p.add_argument("--n-jobs", type=int, default=None, metavar="N", help="parallel workers (default: up to 2)")
+    p.add_argument("--data-root", default=None, help="folder holding Fashion-MNIST's files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+
+COMMANDS.append(_add_evaluate)
+COMMANDS.append(_add_runs)
+COMMANDS.append(_add_report)
+COMMANDS.append(_add_ground_truth)
+COMMANDS.append(_add_demo)
+
+
 # ----------------------------------------------------------------------------- search
 # (section: search)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nas_proxy.data import load_dataset
+    from nas_proxy.proxies import load_proxy
+    from nas_proxy.search import (
+        best_table,
+        best_trials,
+        counted_trials,
+        create_study,
+        default_storage_path,
+        find_ground_truth,
+        get_pruner,
+        make_objective,
+        read_ground_truth,
+        refit,
+        stop_after,
+        study_counts,
+        trial_arch,
+    )
+    from nas_proxy.space import load_space
+    from nas_proxy.train import TrainConfig
+
+    # Cheap checks first: a typo fails before any data is loaded or any storage is opened.
+    for flag in ("n_trials", "n_jobs", "epochs"):
+        value = getattr(args, flag)
+        if value < 1 and not (flag == "n_jobs" and value == -1):
+            raise NasProxyError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.refit_top < 0:
+        raise NasProxyError(f"--refit-top must be at least 0, got {args.refit_top}")
+    multi = args.sampler == "nsga2"
+    pruner = args.pruner or ("none" if multi else "median")
+    get_pruner(pruner)
+    space = load_space(args.space)
+    proxy = load_proxy(args.proxy)
+    dataset = proxy.manifest.dataset
+    if args.dataset is not None and args.dataset != dataset:
+        raise NasProxyError(
+            f"proxy from another dataset: {args.proxy} was built from {dataset!r}, not {args.dataset!r}"
+        )
+    config = TrainConfig(epochs=args.epochs)
+    name = args.study_name or f"{space.name}-{proxy.id}-{args.sampler}-e{args.epochs}-s{args.seed}"
+    storage = args.storage if args.storage is not None else str(default_storage_path(name))
+    attrs = {"source_id": proxy.id, "dataset": dataset, "epochs": args.epochs, "seed": args.seed,
+             "config_hash": config.hash, "test_subset": args.test_subset or 0}
+    options = {"population_size": max(4, min(50, args.n_trials // 5))} if multi else {}
+    study = create_study(space, args.sampler, pruner, storage, name, args.seed, multi,
+                         user_attrs=attrs, sampler_options=options)
+    train, test = load_dataset(dataset, root=args.data_root, device=args.device)
+    if args.test_subset is not None:
+        test = test.random_subset(args.test_subset, seed=0)  # fixed subset: comparable across studies
+    objective = make_objective(proxy, test, space=space, epochs=args.epochs, seed=args.seed, config=config,
+                               multi_objective=multi, device=args.device)
+    done = counted_trials(study)
+    print(f"study:    {name} ({storage})")
+    print(f"search:   {space.name} ({len(space)} candidates), sampler {args.sampler}, pruner {pruner}, "
+          f"{args.n_trials} trials ({done} done before)")
+    print(f"proxy:    {args.proxy} ({proxy.id}, {len(proxy)} images), {args.epochs} epochs, "
+          f"scored on {len(test)} {test.dataset} test images")
+    interrupted = False
+    if done < args.n_trials:
+        try:
+            study.optimize(objective, n_trials=args.n_trials - done, n_jobs=args.n_jobs,
+                           callbacks=[stop_after(args.n_trials)], show_progress_bar=_search_bar(args))
+        except KeyboardInterrupt:
+            interrupted = True  # the running trial is marked FAIL by Optuna; finished ones are stored
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(study_counts(study).items()))
+    print(f"trials:   {counts or 'none'}")
+    top = best_trials(study, max(args.top, args.refit_top))
+    if not top:
+        print("best:     no complete trial yet")
+        return 130 if interrupted else 0
+    gt_path = args.ground_truth or find_ground_truth(dataset, space.name)
+    gt = read_ground_truth(gt_path) if gt_path is not None else None
+    refits = []
+    if args.refit_top and not interrupted:
+        full = train if args.refit_subset is None else train.random_subset(args.refit_subset, seed=args.seed)
+        full_config = TrainConfig(epochs=args.full_epochs or args.epochs)
+        print(f"refit:    top {args.refit_top} on {len(full)} training images, {full_config.epochs} epochs")
+        specs = [trial_arch(t) for t in top[: args.refit_top]]
+        refits = refit(specs, full, test, full_config, args.seed, progress=_search_bar(args))
+    if gt is not None:
+        print(f"truth:    {Path(gt.path)} ({len(gt)} candidates; rank 1 = best)")
+    print(best_table(top, ground_truth=gt, refits=refits))
+    if interrupted:
+        print(f"interrupted: finished trials are stored in {storage}; rerun the same command to finish the study",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def _search_bar(args: argparse.Namespace) -> bool:
+    # Optuna's tqdm bar for a person watching; logs and pipes get Optuna's per-trial lines instead.
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _add_search(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("search", help="an Optuna study whose objective trains each trial's architecture on a proxy")
+    p.add_argument("--space", default="convnet720", help="space name or .toml path (default convnet720)")
+    p.add_argument("--proxy", required=True, metavar="PATH", help="proxy .npz file to train trials on")
+    p.add_argument("--n-trials", type=int, required=True, metavar="N",
+                   help="trials in the study in total (a rerun or another worker finishes the rest)")
+    p.add_argument("--sampler", default="tpe", help="tpe (default), random, grid, nsga2 (accuracy vs params)")
+    p.add_argument("--pruner", default=None, help="median (default), hyperband, none (nsga2: none)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="RDB URL (sqlite:///x.db, postgresql://...) or journal file (default results/studies/NAME.log)")
+    p.add_argument("--study-name", default=None, metavar="NAME",
+                   help="default SPACE-PROXYID-SAMPLER-eEPOCHS-sSEED; the same name continues the study")
+    p.add_argument("--n-jobs", type=int, default=1, metavar="N", help="parallel trials in this process (threads)")
+    p.add_argument("--dataset", default=None, help="must match the proxy's dataset (checked)")
+    p.add_argument("--epochs", type=int, default=100, help="epochs per trial on the proxy (default 100, as the paper)")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, batch order and the sampler (default 0)")
+    p.add_argument("--test-subset", type=int, default=None, metavar="N", help="score on a fixed random N test images")
+    p.add_argument("--top", type=int, default=5, metavar="K", help="best trials to print (default 5)")
+    p.add_argument("--refit-top", type=int, default=0, metavar="K", help="retrain the K best on the whole training set")
+    p.add_argument("--full-epochs", type=int, default=None, metavar="E", help="refit epochs (default: --epochs)")
+    p.add_argument("--refit-subset", type=int, default=None, metavar="N", help="refit on N random training images")
+    p.add_argument("--ground-truth", default=None, metavar="FILE",
+                   help="whole-data CSV (arch_id, accuracy); default results/groundtruth/DATASET-SPACE-e*.csv if any")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset's files")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_search)
+
+
+COMMANDS.append(_add_search)
 
 
 # ----------------------------------------------------------------------------- wiring

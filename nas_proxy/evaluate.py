@@ -1,0 +1,766 @@
+"""Train every candidate on every training source, one stored row per run, resumable and parallel.
+
+A *training source* is a named Split plus the TrainConfig to train on it: a proxy set, the
+whole training set (``"full"``, the ground truth), or early stopping (the whole set for as many
+SGD steps as a proxy run takes). The evaluator does not care which: it runs every
+``(candidate, source, seed)`` not yet in the results store and appends each row as it finishes.
+
+Parallelism: ``n_jobs > 1`` runs tasks on joblib's loky process pool with one torch thread per
+worker; the data goes to each worker once (a memory-mapped file per Split, cached in the worker),
+not once per task. ``backend="dask"`` runs the same tasks through joblib's Dask backend on a
+``distributed.Client`` (an address, or a LocalCluster started here), with the Splits scattered
+to the workers once up front.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas_proxy.data import Split
+from nas_proxy.device import resolve_device
+from nas_proxy.errors import NasProxyError
+from nas_proxy.proxies.artifact import ProxySet
+from nas_proxy.space import ArchSpec
+from nas_proxy.store import STORE_FORMAT, ResultsStore, RunRow, ScoreRow, now_iso
+from nas_proxy.train import RunOutcome, TrainConfig, train_and_evaluate
+
+BACKENDS: tuple[str, ...] = ("loky", "dask")
+SOURCE_KINDS: tuple[str, ...] = ("proxy", "early", "full")
+FULL_ID = "full"
+
+# (spec or id, train, test, config, seed) -> RunOutcome; the batched trainer of issue 6 plugs in here.
+Trainer = Callable[[ArchSpec | str, Split, Split, TrainConfig, int], RunOutcome]
+
+
+# ----------------------------------------------------------------------------- training sources
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingSource:
+    """A named training set and how to train on it. ``id`` is the ``source_id`` of its rows."""
+
+    id: str
+    kind: str  # "proxy" | "early" | "full"
+    split: Split
+    config: TrainConfig
+    label: str = ""
+    images: int = 0  # storage: images kept (the proxy's, or the whole set's)
+    bytes: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise NasProxyError(f"source kind must be one of {', '.join(SOURCE_KINDS)}, got {self.kind!r}")
+        if not self.id or any(c in self.id for c in "\n\r,\"'"):
+            raise NasProxyError(f"bad training-source id {self.id!r}")
+
+    def describe(self) -> dict[str, Any]:
+        """What the protocol file records about this source."""
+        return {
+            "kind": self.kind,
+            "label": self.label or self.id,
+            "dataset": self.split.dataset,
+            "train_images": len(self.split),
+            "images": self.images or len(self.split),
+            "bytes": self.bytes or _split_bytes(self.split),
+            "config": asdict(self.config),
+            "config_hash": self.config.hash,
+            **self.meta,
+        }
+
+
+def _split_bytes(split: Split) -> int:
+    return split.images.numel() * split.images.element_size() + split.labels.numel() * split.labels.element_size()
+
+
+def proxy_source(proxy: ProxySet, config: TrainConfig, *, path: str | Path | None = None) -> TrainingSource:
+    """A proxy set as a training source (id ``<method>-ipc<k>-s<seed>-<hash>``, storage from its manifest)."""
+    m = proxy.manifest
+    meta: dict[str, Any] = {
+        "method": m.method,
+        "ipc": m.ipc,
+        "proxy_seed": m.seed,
+        "params": m.params,
+        "build_seconds": m.build_seconds,
+        "content_hash": m.content_hash,
+    }
+    if path is not None:
+        meta["path"] = str(path)
+    return TrainingSource(
+        id=proxy.id,
+        kind="proxy",
+        split=proxy.as_split(),
+        config=config,
+        label=f"{m.method} ipc{m.ipc}",
+        images=m.images,
+        bytes=m.bytes,
+        meta=meta,
+    )
+
+
+def full_source(train: Split, config: TrainConfig) -> TrainingSource:
+    """The whole training set: the ground truth every ranker is judged against."""
+    return TrainingSource(
+        FULL_ID, "full", train, config, label="whole data", images=len(train), bytes=_split_bytes(train)
+    )
+
+
+def early_stopping_sources(
+    proxies: Sequence[TrainingSource], train: Split, config: TrainConfig
+) -> list[TrainingSource]:
+    """Whole data, stopped after as many SGD steps as a proxy run takes (one source per distinct count).
+
+    Proxies of the same size take the same number of steps, so they share one early-stopping
+    source (``early-<steps>steps``) instead of training identical runs again.
+    """
+    by_steps: dict[int, list[str]] = {}
+    for p in proxies:
+        if p.kind == "proxy":
+            by_steps.setdefault(p.config.total_steps(len(p.split)), []).append(p.id)
+    return [
+        TrainingSource(
+            f"early-{steps}steps",
+            "early",
+            train,
+            replace(config, max_steps=steps),
+            label=f"early stopping ({steps} steps)",
+            images=len(train),
+            bytes=_split_bytes(train),
+            meta={"steps": steps, "matches": ids},
+        )
+        for steps, ids in sorted(by_steps.items())
+    ]
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+# A Split written to a file once per run; workers load it once and keep it (memory-mapped, so
+# every worker on a machine shares the same pages).
+@dataclass(frozen=True)
+class _SplitFile:
+    path: str
+
+
+_WORKER_CACHE: dict[tuple[str, str], Split] = {}
+_WORKER_CACHE_SIZE = 4
+
+
+def _save_split(split: Split, path: Path) -> _SplitFile:
+    torch.save(
+        {
+            "images": split.images.detach().cpu().contiguous(),
+            "labels": split.labels.cpu().contiguous(),
+            "num_classes": split.num_classes,
+            "dataset": split.dataset,
+            "mean": list(split.mean),
+            "std": list(split.std),
+        },
+        path,
+    )
+    return _SplitFile(str(path))
+
+
+def _materialize(data: Split | _SplitFile, device: str) -> Split:
+    if isinstance(data, Split):
+        return data if data.device == torch.device(device) else data.to(device)
+    key = (data.path, device)
+    hit = _WORKER_CACHE.get(key)
+    if hit is None:
+        blob = torch.load(data.path, mmap=True, weights_only=True)
+        hit = Split(
+            blob["images"],
+            blob["labels"],
+            int(blob["num_classes"]),
+            str(blob["dataset"]),
+            tuple(blob["mean"]),
+            tuple(blob["std"]),
+        ).to(device)
+        while len(_WORKER_CACHE) >= _WORKER_CACHE_SIZE:
+            _WORKER_CACHE.pop(next(iter(_WORKER_CACHE)))
+        _WORKER_CACHE[key] = hit
+    return hit
+
+
+@dataclass(frozen=True)
+class _Job:
+    arch_id: str
+    source_id: str
+    seed: int
+    config: TrainConfig
+    dataset: str
+
+    @property
+    def key(self) -> tuple[str, str, int, str]:
+        return (self.arch_id, self.source_id, self.seed, self.config.hash)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _run_job(
+    job: _Job,
+    train: Split | _SplitFile,
+    test: Split | _SplitFile,
+    device: str,
+    threads: int | None,
+    trainer: Trainer,
+) -> RunRow:
+    """One training run; any exception becomes a 'failed' row so the sweep goes on."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    started = now_iso()
+    try:
+        out = trainer(job.arch_id, _materialize(train, device), _materialize(test, device), job.config, job.seed)
+        status, acc = out.status, float(out.accuracy)
+        if status == "ok" and not math.isfinite(acc):
+            status = "diverged"
+        return RunRow(
+            job.arch_id,
+            job.source_id,
+            job.seed,
+            job.config.hash,
+            status,
+            acc if status == "ok" else float("nan"),
+            float(out.seconds),
+            int(out.steps),
+            int(out.params),
+            "" if status == "ok" else "non-finite training loss",
+            job.dataset,
+            started,
+            now_iso(),
+        )
+    except Exception as exc:  # one candidate's failure (OOM, a bad shape) must not end the sweep
+        return RunRow(
+            job.arch_id,
+            job.source_id,
+            job.seed,
+            job.config.hash,
+            "failed",
+            float("nan"),
+            0.0,
+            0,
+            0,
+            _one_line(exc),
+            job.dataset,
+            started,
+            now_iso(),
+        )
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What one ``evaluate`` call did."""
+
+    out_dir: Path
+    planned: int  # (candidate, source, seed) runs asked for
+    skipped: int  # already in the store
+    trained: int  # new rows this call
+    ok: int
+    diverged: int
+    failed: int
+    imported: int = 0  # ground-truth rows copied in
+    scores: int = 0  # new training-free scores
+
+
+def protocol_of(sources: Sequence[TrainingSource], test: Split) -> dict[str, Any]:
+    """The settings that give a store's rows their meaning; a rerun must agree with them."""
+    from nas_proxy import __version__
+
+    configs: dict[str, Any] = {}
+    for s in sources:
+        base = replace(s.config, max_steps=None) if s.kind == "early" else s.config
+        kind = "full" if s.kind == "early" else s.kind
+        entry = {**asdict(base), "hash": base.hash}
+        if kind in configs and configs[kind]["hash"] != entry["hash"]:
+            raise NasProxyError(f"all {kind} sources must share one training config; {s.id} differs")
+        configs[kind] = entry
+    return {
+        "format": STORE_FORMAT,
+        "dataset": test.dataset,
+        "num_classes": test.num_classes,
+        "in_channels": test.in_channels,
+        "image_size": test.image_size,
+        "test_images": len(test),
+        "configs": configs,
+        "package_version": __version__,
+    }
+
+
+def check_protocol(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
+    """Raise one line naming the first setting where a store and a new run disagree."""
+    for key in ("dataset", "num_classes", "in_channels", "image_size", "test_images"):
+        if key in old and old[key] != new.get(key):
+            raise NasProxyError(
+                f"{where} holds results for {key} {old[key]!r}, this run has {new.get(key)!r}; use another --out"
+            )
+    for kind, cfg in new.get("configs", {}).items():
+        before = old.get("configs", {}).get(kind)
+        if before is not None and before.get("hash") != cfg["hash"]:
+            diff = [k for k in cfg if k != "hash" and before.get(k) != cfg[k]]
+            what = ", ".join(f"{k} {before.get(k)!r} -> {cfg[k]!r}" for k in diff) or "config hash"
+            raise NasProxyError(f"{where} trained {kind} runs under another protocol ({what}); use another --out")
+    for sid, desc in new.get("sources", {}).items():
+        before = old.get("sources", {}).get(sid)
+        if before is not None and before.get("config_hash") != desc.get("config_hash"):
+            raise NasProxyError(f"{where}: source {sid} was trained with another config; use another --out")
+        if before is not None and before.get("train_images") != desc.get("train_images"):
+            raise NasProxyError(
+                f"{where}: source {sid} had {before.get('train_images')} training images, now "
+                f"{desc.get('train_images')}; use another --out"
+            )
+
+
+def _validate(
+    specs: Sequence[ArchSpec | str],
+    sources: Sequence[TrainingSource],
+    test: Split,
+    seeds: Sequence[int],
+    n_jobs: int,
+    backend: str,
+) -> list[str]:
+    if not specs:
+        raise NasProxyError("no candidate architectures to evaluate")
+    ids = [s if isinstance(s, str) else s.id for s in specs]
+    for arch in ids:
+        ArchSpec.from_id(arch)  # malformed ids fail here, before anything runs
+    if len(set(ids)) != len(ids):
+        raise NasProxyError("candidate list repeats an architecture id")
+    if not seeds:
+        raise NasProxyError("at least one training seed is needed")
+    if len(set(seeds)) != len(seeds):
+        raise NasProxyError(f"training seeds repeat: {list(seeds)}")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or (n_jobs < 1 and n_jobs != -1):
+        raise NasProxyError(f"n_jobs must be a positive integer (or -1 for all cores), got {n_jobs!r}")
+    if backend not in BACKENDS:
+        raise NasProxyError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    seen: set[str] = set()
+    for s in sources:
+        if s.id in seen:
+            raise NasProxyError(f"training source {s.id} is given twice")
+        seen.add(s.id)
+        sp = s.split
+        if sp.dataset != test.dataset:
+            raise NasProxyError(
+                f"training source {s.id} was made from dataset {sp.dataset!r}, but the test set is {test.dataset!r}"
+            )
+        shape, want = (
+            (sp.in_channels, sp.image_size, sp.num_classes),
+            (test.in_channels, test.image_size, test.num_classes),
+        )
+        if shape != want:
+            raise NasProxyError(
+                f"training source {s.id} has images {shape[0]}x{shape[1]}px with {shape[2]} classes; "
+                f"the test set has {want[0]}x{want[1]}px with {want[2]}"
+            )
+    return ids
+
+
+def _merged_protocol(
+    store: ResultsStore, sources: Sequence[TrainingSource], test: Split, extra_sources: dict[str, Any]
+) -> dict[str, Any]:
+    new = protocol_of(sources, test)
+    new["sources"] = {s.id: s.describe() for s in sources} | extra_sources
+    old = store.read_protocol()
+    if old is None and store.runs_path.exists() and store.runs_path.stat().st_size > 0:
+        raise NasProxyError(f"{store.root} has {store.runs_path.name} but no protocol.json; use another --out")
+    if old is None:
+        return {**new, "created": now_iso(), "invocations": []}
+    check_protocol(old, new, str(store.root))
+    merged = dict(old)
+    merged["configs"] = {**old.get("configs", {}), **new["configs"]}
+    merged["sources"] = {**old.get("sources", {}), **new["sources"]}
+    merged["package_version"] = new["package_version"]
+    return merged
+
+
+def _jobs(ids: Sequence[str], sources: Sequence[TrainingSource], seeds: Sequence[int]) -> list[_Job]:
+    # Source-major: each source's runs are contiguous, so its wall time is measured cleanly,
+    # and the cheap proxies (listed first) finish before the expensive whole-data runs.
+    return [_Job(arch, s.id, seed, s.config, s.split.dataset) for s in sources for arch in ids for seed in seeds]
+
+
+def _execute(
+    jobs: Sequence[_Job],
+    sources: Sequence[TrainingSource],
+    test: Split,
+    *,
+    n_jobs: int,
+    backend: str,
+    scheduler: Any,
+    device: str,
+    trainer: Trainer,
+) -> Iterator[RunRow]:
+    """Yield rows as they finish (any order)."""
+    by_id = {s.id: s for s in sources}
+    if backend == "loky" and n_jobs == 1:
+        for job in jobs:
+            yield _run_job(job, by_id[job.source_id].split, test, device, None, trainer)
+        return
+    from joblib import Parallel, delayed, parallel_config
+
+    if backend == "loky":
+        used = list(dict.fromkeys(job.source_id for job in jobs))
+        with tempfile.TemporaryDirectory(prefix="nas-proxy-data-") as tmp:
+            # One file per distinct Split: early stopping and the whole data share theirs.
+            files: dict[int, _SplitFile] = {}
+            for i, sid in enumerate(used):
+                split = by_id[sid].split
+                if id(split) not in files:
+                    files[id(split)] = _save_split(split, Path(tmp) / f"train-{i}.pt")
+            refs = {sid: files[id(by_id[sid].split)] for sid in used}
+            test_ref = _save_split(test, Path(tmp) / "test.pt")
+            parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
+            yield from parallel(
+                delayed(_run_job)(job, refs[job.source_id], test_ref, device, 1, trainer) for job in jobs
+            )
+        return
+    client, owned = _dask_client(scheduler, n_jobs)
+    try:
+        splits = [by_id[sid].split for sid in dict.fromkeys(job.source_id for job in jobs)]
+        # Scattered once to every worker; joblib swaps these objects for their futures in each task.
+        with parallel_config(backend="dask", scatter=[*splits, test]):
+            parallel = Parallel(n_jobs=-1, return_as="generator_unordered")
+            yield from parallel(
+                delayed(_run_job)(job, by_id[job.source_id].split, test, device, 1, trainer) for job in jobs
+            )
+    finally:
+        if owned:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _dask_client(scheduler: Any, n_jobs: int) -> tuple[Any, bool]:
+    """(client, whether we own it): an existing Client, one for an address, or a new LocalCluster."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise NasProxyError("--backend dask needs dask[distributed]: pip install 'nas-proxy[dask]'") from exc
+    if isinstance(scheduler, Client):
+        return scheduler, False
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="10s"), True  # type: ignore[no-untyped-call]
+        except (OSError, TimeoutError) as exc:
+            raise NasProxyError(f"cannot reach the Dask scheduler at {scheduler!r} ({exc})") from exc
+    workers = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+    cluster = LocalCluster(  # type: ignore[no-untyped-call]
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+    )
+    return Client(cluster), True  # type: ignore[no-untyped-call]
+
+
+def evaluate(
+    specs: Sequence[ArchSpec | str],
+    sources: Sequence[TrainingSource],
+    test: Split,
+    *,
+    out_dir: str | Path,
+    seeds: Sequence[int] = (0,),
+    n_jobs: int = 1,
+    backend: str = "loky",
+    scheduler: Any = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    trainer: Trainer = train_and_evaluate,
+    ground_truth: Any = None,
+    rankers: Sequence[str] = (),
+    ranker_train: Split | None = None,
+    space: str | None = None,
+    on_result: Callable[[RunRow], None] | None = None,
+) -> EvaluationResult:
+    """Train each candidate on each source with each seed, skipping runs already stored in ``out_dir``.
+
+    Everything is validated before the store is touched: a bad source, a store made under
+    another protocol or an impossible option raises :class:`NasProxyError` and changes nothing.
+    Rows are appended (and fsynced) as runs finish, so an interrupted call loses nothing that
+    finished and a rerun trains only what is missing. ``ground_truth`` (a
+    :class:`nas_proxy.groundtruth.GroundTruth`) supplies the whole-data rows instead of training
+    them. ``rankers`` (names from :mod:`nas_proxy.zero_cost`) score every candidate without
+    training, on a batch of ``ranker_train``. ``on_result`` sees every stored row (tests use it
+    to interrupt a run).
+    """
+    ids = _validate(specs, sources, test, seeds, n_jobs, backend)
+    dev = str(resolve_device(device))
+    store = ResultsStore(out_dir)
+    extra: dict[str, Any] = {}
+    gt_rows: list[RunRow] = []
+    if ground_truth is not None:
+        if any(s.kind == "full" for s in sources):
+            raise NasProxyError("give either a whole-data source (--full) or a ground-truth file, not both")
+        gt_rows = ground_truth.rows_for(ids, dataset=test.dataset, test_images=len(test))
+        extra[FULL_ID] = ground_truth.source_description()
+    ranker_names = _check_rankers(rankers, ranker_train)
+    protocol = _merged_protocol(store, sources, test, extra)
+    if ground_truth is not None:
+        old_full = protocol.get("configs", {}).get("full")
+        gt_cfg = {**asdict(ground_truth.config), "hash": ground_truth.config.hash}
+        if old_full is not None and old_full["hash"] != gt_cfg["hash"]:
+            raise NasProxyError(
+                f"{store.root} trained whole-data runs under another config than the ground truth "
+                f"{ground_truth.path}; use another --out"
+            )
+        protocol["configs"]["full"] = gt_cfg
+
+    # ---- from here on the store is written
+    invocation = {
+        "started": now_iso(),
+        "space": space,
+        "candidates": len(ids),
+        "sources": [s.id for s in sources] + ([FULL_ID] if ground_truth is not None else []),
+        "seeds": list(seeds),
+        "n_jobs": n_jobs,
+        "backend": backend,
+        "device": dev,
+        "host": platform.node(),
+        "torch": torch.__version__,
+    }
+    protocol.setdefault("invocations", []).append(invocation)
+    if space is not None:
+        protocol["space"] = space
+    store.write_protocol(protocol)
+
+    done = store.done_keys()
+    imported = [r for r in gt_rows if r.key not in done]
+    if imported:
+        store.append_many(imported)
+        done |= {r.key for r in imported}
+
+    scores = _score_rankers(store, ids, ranker_names, ranker_train, seeds, test, progress) if ranker_names else 0
+
+    jobs = _jobs(ids, sources, seeds)
+    pending = [j for j in jobs if j.key not in done]
+    counts = {"ok": 0, "diverged": 0, "failed": 0}
+    from tqdm.auto import tqdm
+
+    with tqdm(
+        total=len(pending), desc="evaluate", unit="run", disable=None if progress else True, dynamic_ncols=True
+    ) as bar:
+        rows = _execute(
+            pending, sources, test, n_jobs=n_jobs, backend=backend, scheduler=scheduler, device=dev, trainer=trainer
+        )
+        try:
+            for row in rows:
+                store.append(row)
+                counts[row.status] += 1
+                bar.set_postfix(ok=counts["ok"], diverged=counts["diverged"], failed=counts["failed"], refresh=False)
+                bar.update(1)
+                if on_result is not None:
+                    on_result(row)
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()  # stops the pool's remaining tasks when we leave early (Ctrl-C)
+    invocation["finished"] = now_iso()
+    store.write_protocol(protocol)
+    return EvaluationResult(
+        store.root,
+        len(jobs),
+        len(jobs) - len(pending),
+        len(pending),
+        counts["ok"],
+        counts["diverged"],
+        counts["failed"],
+        len(imported),
+        scores,
+    )
+
+
+# ----------------------------------------------------------------------------- training-free rankers
+
+
+def available_rankers() -> list[str]:
+    """Training-free rankers: those of :mod:`nas_proxy.zero_cost` when installed, else params and flops."""
+    try:
+        from nas_proxy import zero_cost
+    except ImportError:
+        return ["params", "flops"]
+    return list(zero_cost.list_rankers())
+
+
+def parse_rankers(text: str | Sequence[str]) -> list[str]:
+    """``"all"`` or ``"synflow,naswot"`` -> validated ranker names (unknown names list the valid ones)."""
+    from nas_proxy.errors import UnknownNameError
+
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    names = [p.strip() for p in parts if p.strip()]
+    valid = available_rankers()
+    if names == ["all"]:
+        return valid
+    for name in names:
+        if name not in valid:
+            raise UnknownNameError("ranker", name, valid)
+    return list(dict.fromkeys(names))
+
+
+def _check_rankers(rankers: Sequence[str], train: Split | None) -> list[str]:
+    if not rankers:
+        return []
+    names = parse_rankers(rankers)
+    if train is None:
+        raise NasProxyError("rankers need training images for their minibatch (ranker_train)")
+    return names
+
+
+RANKER_BATCH = 64
+
+
+def _score_rankers(
+    store: ResultsStore,
+    ids: Sequence[str],
+    names: Sequence[str],
+    train: Split | None,
+    seeds: Sequence[int],
+    test: Split,
+    progress: bool,
+) -> int:
+    """Score every candidate with every ranker (one seeded model and batch per seed); stored as they come."""
+    try:
+        from nas_proxy import zero_cost
+    except ImportError:
+        return 0  # params and flops alone are computed by the report from the ids
+    assert train is not None
+    done = {(r.ranker, r.arch_id, r.seed) for r in store.score_rows()}
+    count = 0
+    for seed in seeds:
+        skip = {(n, a) for (n, a, s) in done if s == seed}
+        batch = zero_cost.ranker_batch(train, min(RANKER_BATCH, len(train)), seed=seed)
+
+        def keep(result: Any, seed: int = seed) -> None:
+            nonlocal count
+            store.append_scores(
+                [
+                    ScoreRow(
+                        result.ranker,
+                        result.arch_id,
+                        seed,
+                        result.status,
+                        float(result.score),
+                        float(result.seconds),
+                        result.reason,
+                        test.dataset,
+                        now_iso(),
+                    )
+                ]
+            )
+            count += 1
+
+        zero_cost.score_space(
+            list(names), list(ids), batch, train.num_classes, seed, progress, skip=skip, on_result=keep
+        )
+    return count
+
+
+# ----------------------------------------------------------------------------- the CLI's entry point
+
+
+def run_evaluation(
+    *,
+    space: str,
+    dataset: str,
+    proxies: Sequence[str | Path] = (),
+    full: bool = False,
+    early_stopping: bool = False,
+    sample: int | None = None,
+    sample_seed: int = 0,
+    pattern: str | None = None,
+    epochs: int = 100,
+    full_epochs: int | None = None,
+    seeds: Sequence[int] = (0,),
+    out_dir: str | Path,
+    n_jobs: int = 1,
+    backend: str = "loky",
+    scheduler: Any = None,
+    rankers: str | Sequence[str] = (),
+    ground_truth: str | Path | None = None,
+    data_root: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """``nas-proxy evaluate``: select candidates, load proxies and data, check everything, then evaluate.
+
+    Every check runs before training starts and before the store is written: an unknown space,
+    a missing or foreign proxy file, a bad option or a store made under another protocol raise
+    :class:`NasProxyError` and leave ``out_dir`` as it was.
+    """
+    from nas_proxy.data import DATASETS, load_dataset
+    from nas_proxy.groundtruth import load_ground_truth
+    from nas_proxy.proxies import load_proxy
+    from nas_proxy.space import load_space
+
+    # Cheap checks first: options, names and files, before any data is loaded.
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or (n_jobs < 1 and n_jobs != -1):
+        raise NasProxyError(f"--n-jobs must be a positive integer (or -1 for all cores), got {n_jobs!r}")
+    if backend not in BACKENDS:
+        raise NasProxyError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if scheduler and backend != "dask":
+        raise NasProxyError("--scheduler needs --backend dask")
+    ranker_names = parse_rankers(rankers) if rankers else []
+    if not (proxies or full or ground_truth or ranker_names):
+        raise NasProxyError("nothing to evaluate: give --proxy PATH, --full, --ground-truth FILE or --rankers")
+    if early_stopping and not proxies:
+        raise NasProxyError("--early-stopping trains as many steps as a proxy run: give at least one --proxy")
+    if full and ground_truth:
+        raise NasProxyError("give either --full (train the ground truth) or --ground-truth FILE, not both")
+    search_space = load_space(space)
+    ids = [s.id for s in search_space.select(sample=sample, seed=sample_seed, pattern=pattern)]
+    loaded = [(load_proxy(p), Path(p)) for p in proxies]
+    wanted = dataset.lower() if dataset.lower() in DATASETS else None
+    for proxy, path in loaded:
+        if wanted is not None and proxy.manifest.dataset != wanted:
+            raise NasProxyError(f"{path} was built from {proxy.manifest.dataset!r}, not --dataset {wanted!r}")
+    gt = load_ground_truth(ground_truth) if ground_truth is not None else None
+    if gt is not None and wanted is not None and gt.dataset != wanted:
+        raise NasProxyError(f"{gt.path} is for dataset {gt.dataset!r}, not --dataset {wanted!r}")
+    proxy_cfg = TrainConfig(epochs=epochs)
+    if gt is not None:
+        if full_epochs is not None and full_epochs != gt.config.epochs:
+            raise NasProxyError(f"--full-epochs {full_epochs} disagrees with {gt.path} ({gt.config.epochs} epochs)")
+        full_cfg = gt.config
+    else:
+        full_cfg = TrainConfig(epochs=full_epochs if full_epochs is not None else epochs)
+
+    train, test = load_dataset(dataset, root=data_root, device=device)
+    sources = [proxy_source(p, proxy_cfg, path=path) for p, path in loaded]
+    for src, (_, path) in zip(sources, loaded, strict=True):
+        if src.split.dataset != train.dataset:
+            raise NasProxyError(f"{path} was built from {src.split.dataset!r}, not {train.dataset!r}")
+    dev = train.device
+    sources = [replace(s, split=s.split.to(dev)) for s in sources]
+    if early_stopping:
+        sources += early_stopping_sources(sources, train, full_cfg)
+    if full:
+        sources.append(full_source(train, full_cfg))
+    return evaluate(
+        ids,
+        sources,
+        test,
+        out_dir=out_dir,
+        seeds=seeds,
+        n_jobs=n_jobs,
+        backend=backend,
+        scheduler=scheduler,
+        device=dev,
+        progress=progress,
+        ground_truth=gt,
+        rankers=ranker_names,
+        ranker_train=train,
+        space=search_space.name,
+    )

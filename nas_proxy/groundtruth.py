@@ -1,0 +1,241 @@
+"""Whole-data ground truth as a shareable file, like a tabular NAS benchmark.
+
+Training every candidate on the whole data is the expensive part of an evaluation (the paper:
+8,604 GPU-minutes for 720 candidates), so its table is exported once and reused:
+
+    <name>.csv    one row per whole-data run: arch_id, seed, status, accuracy, seconds, steps,
+                  params, reason, started_at, finished_at
+    <name>.json   the protocol: dataset, space, TrainConfig (and its hash), seeds, candidates,
+                  train/test sizes, package version, machine, and the CSV's SHA-256
+
+The default name is ``<dataset>-<space>-e<epochs>``. ``nas-proxy evaluate --ground-truth FILE``
+copies the rows into a new run's store instead of retraining; the protocol must agree (same
+dataset and test set) and the file must hold every selected candidate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nas_proxy.errors import NasProxyError
+from nas_proxy.store import STATUSES, RunRow, open_store, write_json_atomic
+from nas_proxy.train import TrainConfig
+
+GT_FORMAT = 1
+GT_COLUMNS: tuple[str, ...] = (
+    "arch_id",
+    "seed",
+    "status",
+    "accuracy",
+    "seconds",
+    "steps",
+    "params",
+    "reason",
+    "started_at",
+    "finished_at",
+)
+DEFAULT_DIR = Path("results") / "groundtruth"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``x.csv`` -> ``x.json``."""
+    return Path(path).with_suffix(".json")
+
+
+@dataclass(frozen=True, eq=False)
+class GroundTruth:
+    """Whole-data runs (a DataFrame with :data:`GT_COLUMNS`) and the protocol they were trained under."""
+
+    table: pd.DataFrame
+    protocol: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def config(self) -> TrainConfig:
+        names = {f.name for f in fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in self.protocol["config"].items() if k in names})
+
+    @property
+    def dataset(self) -> str:
+        return str(self.protocol["dataset"])
+
+    @property
+    def arch_ids(self) -> list[str]:
+        return list(dict.fromkeys(self.table["arch_id"].astype(str)))
+
+    def rows_for(self, ids: list[str], *, dataset: str, test_images: int) -> list[RunRow]:
+        """The stored rows for ``ids`` as RunRows of source ``full``; raise if the file cannot stand in."""
+        where = str(self.path) if self.path else "ground truth"
+        if dataset != self.dataset:
+            raise NasProxyError(f"{where} is for dataset {self.dataset!r}, not {dataset!r}")
+        if int(self.protocol.get("test_images", test_images)) != test_images:
+            raise NasProxyError(
+                f"{where} was measured on {self.protocol['test_images']} test images, this run has {test_images}"
+            )
+        have = set(self.arch_ids)
+        missing = [i for i in ids if i not in have]
+        if missing:
+            raise NasProxyError(
+                f"{where} lacks {len(missing)} of the {len(ids)} selected candidates (e.g. {missing[0]}); "
+                f"select within its {len(have)} candidates or train them with --full"
+            )
+        cfg_hash = self.config.hash
+        wanted = set(ids)
+        out = []
+        for rec in self.table.to_dict("records"):
+            if str(rec["arch_id"]) not in wanted:
+                continue
+            acc = rec["accuracy"]
+            out.append(
+                RunRow(
+                    arch_id=str(rec["arch_id"]),
+                    source_id="full",
+                    seed=int(rec["seed"]),
+                    config_hash=cfg_hash,
+                    status=str(rec["status"]),
+                    accuracy=float("nan")
+                    if acc is None or (isinstance(acc, float) and math.isnan(acc))
+                    else float(acc),
+                    seconds=float(rec["seconds"]),
+                    steps=int(rec["steps"]),
+                    params=int(rec["params"]),
+                    reason=_text(rec.get("reason")),
+                    dataset=self.dataset,
+                    started_at=_text(rec.get("started_at")),
+                    finished_at=_text(rec.get("finished_at")),
+                )
+            )
+        return out
+
+    def source_description(self) -> dict[str, Any]:
+        """The ``full`` entry of a run's protocol when its rows come from this file."""
+        p = self.protocol
+        return {
+            "kind": "full",
+            "label": "whole data",
+            "dataset": self.dataset,
+            "train_images": p.get("train_images"),
+            "images": p.get("train_images"),
+            "bytes": p.get("train_bytes", 0),
+            "config": asdict(self.config),
+            "config_hash": self.config.hash,
+            "ground_truth": {"path": str(self.path) if self.path else None, "csv_sha256": p.get("csv_sha256")},
+        }
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def default_name(protocol: dict[str, Any]) -> str:
+    """``<dataset>-<space>-e<epochs>``, e.g. ``fashionmnist-convnet720-narrow-e100``."""
+    dataset = Path(str(protocol.get("dataset", "data"))).stem
+    space = protocol.get("space") or "custom"
+    epochs = protocol.get("configs", {}).get("full", {}).get("epochs", "x")
+    return f"{dataset}-{space}-e{epochs}"
+
+
+def export_ground_truth(run_dir: str | Path, path: str | Path | None = None) -> Path:
+    """Write the whole-data rows of a run directory as ``<path>.csv`` plus its ``.json`` protocol."""
+    from nas_proxy import __version__
+
+    store = open_store(run_dir)
+    protocol = store.read_protocol() or {}
+    full = protocol.get("configs", {}).get("full")
+    source = protocol.get("sources", {}).get("full")
+    if full is None or source is None:
+        raise NasProxyError(f"{store.root} has no whole-data runs to export (evaluate with --full first)")
+    frame = store.frame()
+    frame = frame[(frame["source_id"] == "full") & (frame["config_hash"] == full["hash"])]
+    if frame.empty:
+        raise NasProxyError(f"{store.root} has no whole-data runs to export (evaluate with --full first)")
+    frame = frame.sort_values(["arch_id", "seed"], kind="stable")
+    out = Path(path) if path is not None else DEFAULT_DIR / f"{default_name(protocol)}.csv"
+    if out.suffix != ".csv":
+        out = out.with_name(out.name + ".csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    frame.loc[:, list(GT_COLUMNS)].to_csv(tmp, index=False)
+    tmp.replace(out)
+    config = {k: v for k, v in full.items() if k != "hash"}
+    meta = {
+        "format": GT_FORMAT,
+        "dataset": protocol.get("dataset"),
+        "space": protocol.get("space"),
+        "epochs": config.get("epochs"),
+        "config": config,
+        "config_hash": full["hash"],
+        "seeds": sorted({int(s) for s in frame["seed"]}),
+        "candidates": int(frame["arch_id"].nunique()),
+        "rows": len(frame),
+        "statuses": {s: int((frame["status"] == s).sum()) for s in STATUSES},
+        "train_images": source.get("train_images"),
+        "train_bytes": source.get("bytes"),
+        "test_images": protocol.get("test_images"),
+        "in_channels": protocol.get("in_channels"),
+        "image_size": protocol.get("image_size"),
+        "num_classes": protocol.get("num_classes"),
+        "package_version": __version__,
+        "machine": {"host": platform.node(), "platform": platform.platform(), "processor": platform.processor()},
+        "devices": sorted({str(i.get("device")) for i in protocol.get("invocations", []) if i.get("device")}),
+        "from_run": str(store.root),
+        "csv": out.name,
+        "csv_sha256": _sha256(out),
+    }
+    write_json_atomic(sidecar_path(out), meta)
+    return out
+
+
+def load_ground_truth(path: str | Path) -> GroundTruth:
+    """Read and check a ground-truth CSV and its JSON sidecar; every error names the file."""
+    path = Path(path)
+    if path.suffix == ".json":
+        path = path.with_suffix(".csv")
+    if not path.is_file():
+        raise NasProxyError(f"ground-truth file {str(path)!r} does not exist")
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise NasProxyError(f"{path}: its protocol file {side.name} is missing (export writes both)")
+    try:
+        protocol = json.loads(side.read_text())
+    except (OSError, ValueError) as exc:
+        raise NasProxyError(f"{side}: unreadable protocol ({exc})") from exc
+    if not isinstance(protocol, dict):
+        raise NasProxyError(f"{side}: protocol must be a JSON object")
+    missing = [k for k in ("dataset", "config", "config_hash", "csv_sha256") if k not in protocol]
+    if missing:
+        raise NasProxyError(f"{side}: protocol lacks {', '.join(missing)}")
+    if _sha256(path) != protocol["csv_sha256"]:
+        raise NasProxyError(f"{path}: content does not match the SHA-256 in {side.name} (edited or truncated)")
+    try:
+        table = pd.read_csv(path, dtype={"arch_id": str, "reason": str, "status": str})
+    except (OSError, ValueError) as exc:
+        raise NasProxyError(f"{path}: unreadable CSV ({exc})") from exc
+    lacking = [c for c in GT_COLUMNS if c not in table.columns]
+    if lacking:
+        raise NasProxyError(f"{path}: missing columns {', '.join(lacking)}")
+    bad = sorted(set(table["status"]) - set(STATUSES))
+    if bad:
+        raise NasProxyError(f"{path}: unknown status {bad[0]!r}; valid: {', '.join(STATUSES)}")
+    gt = GroundTruth(table, protocol, path)
+    try:
+        cfg_hash = gt.config.hash
+    except (TypeError, NasProxyError) as exc:
+        raise NasProxyError(f"{side}: bad training config ({exc})") from exc
+    if cfg_hash != protocol["config_hash"]:
+        raise NasProxyError(f"{side}: config does not match its hash (made by another nas-proxy version?)")
+    return gt

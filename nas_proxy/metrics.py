@@ -1,0 +1,293 @@
+"""How well a ranker agrees with the whole-data ranking: pure functions on pandas and numpy.
+
+A *ranker* is anything that gives each candidate a score, higher meaning better: a proxy set
+(mean test accuracy after training on it), early stopping, or a training-free score (parameter
+count, FLOPs, zero-cost proxies). Everything here takes scores as a ``pd.Series`` indexed by
+architecture id, so all rankers go through the same code.
+
+Definitions (documented once, used everywhere):
+
+- **Candidate accuracy** on a training source = mean test accuracy over its seeds. A *diverged*
+  run (non-finite loss) counts as accuracy 0: it produced no usable network, so a user of that
+  ranker would rank it last. A *failed* run (an exception: out of memory, a bug) says nothing
+  about the architecture and is left out; a candidate with no run left is missing from that
+  source and every comparison uses the candidates present in both rankings.
+- **Top-k** = the k candidates with the highest whole-data accuracy (ties broken by id, so the
+  set is deterministic). ``"10"`` is k = 10, ``"5%"`` is k = ceil(5% of n), ``"all"`` is every
+  candidate. The correlation over the top-k compares the two rankings of those k candidates
+  only. REFERENCE.md section 5 leaves open which k the paper used, so several are reported.
+- **Interval**: percentile bootstrap (95%), resampling candidates of the compared set with
+  replacement from a seeded generator; resamples where the correlation is undefined are dropped.
+- **Performance** = whole-data accuracy of the candidate the ranker scores highest; when several
+  tie for the top, their mean (the expected value of a random tie-break). **Regret** = best
+  whole-data accuracy minus performance.
+- A correlation over fewer than 3 candidates, or with a constant ranking, is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+DEFAULT_TOPK: tuple[str, ...] = ("all", "10", "30", "5%", "10%")
+METHODS: tuple[str, ...] = ("spearman", "kendall")
+DIVERGED_ACCURACY = 0.0
+MIN_CANDIDATES = 3
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its bootstrap interval (NaN where undefined)."""
+
+    value: float
+    low: float
+    high: float
+
+    def format(self, digits: int = 2) -> str:
+        if math.isnan(self.value):
+            return "n/a"
+        if math.isnan(self.low):
+            return f"{self.value:.{digits}f}"
+        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def topk_size(label: str, n: int) -> int:
+    """How many candidates ``label`` ("all", "10", "5%") selects out of ``n`` (at most ``n``)."""
+    from nas_proxy.errors import NasProxyError
+
+    text = label.strip()
+    if text == "all":
+        return n
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 < pct <= 100:
+                raise ValueError(text)
+            return min(n, math.ceil(pct / 100 * n - 1e-9))
+        k = int(text)
+        if k < 1:
+            raise ValueError(text)
+        return min(n, k)
+    except ValueError as exc:
+        raise NasProxyError(f"top-k must be 'all', a count like 10 or a percentage like 5%, got {label!r}") from exc
+
+
+def top_k_ids(truth: pd.Series, k: int) -> list[str]:
+    """Ids of the ``k`` candidates with the highest ground-truth score (ties broken by id)."""
+    order = sorted(truth.index, key=lambda i: (-float(truth[i]), str(i)))
+    return [str(i) for i in order[:k]]
+
+
+def correlation(x: np.ndarray, y: np.ndarray, method: str) -> float:
+    """Spearman rho or Kendall tau-b (scipy) of two equally long arrays; NaN when undefined."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < MIN_CANDIDATES or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    if method == "spearman":
+        return float(stats.spearmanr(x, y).statistic)
+    if method == "kendall":
+        return float(stats.kendalltau(x, y).statistic)
+    raise ValueError(f"unknown correlation method {method!r}; valid: {', '.join(METHODS)}")
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman rho of each row pair (average ranks, as scipy), vectorized over resamples."""
+    rx = stats.rankdata(x, axis=1)
+    ry = stats.rankdata(y, axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: np.ndarray = (rx * ry).sum(axis=1) / den
+    out[den == 0] = np.nan
+    return out
+
+
+def _kendall_rows(x: np.ndarray, y: np.ndarray, chunk_elements: int = 4_000_000) -> np.ndarray:
+    """Kendall tau-b of each row pair (as scipy), from pairwise sign matrices, in memory-bounded chunks.
+
+    tau-b = (concordant - discordant) / sqrt((n0 - ties_x) (n0 - ties_y)) over the n0 = n(n-1)/2
+    pairs; the sign matrices are antisymmetric, so sums over all ordered pairs count each pair twice.
+    """
+    b, n = x.shape
+    n0 = n * (n - 1) / 2
+    out = np.empty(b)
+    step = max(1, chunk_elements // max(n * n, 1))
+    for lo in range(0, b, step):
+        xs, ys = x[lo : lo + step], y[lo : lo + step]
+        dx = np.sign(xs[:, :, None] - xs[:, None, :])
+        dy = np.sign(ys[:, :, None] - ys[:, None, :])
+        s = (dx * dy).sum(axis=(1, 2)) / 2
+        ties_x = ((dx == 0).sum(axis=(1, 2)) - n) / 2
+        ties_y = ((dy == 0).sum(axis=(1, 2)) - n) / 2
+        den = np.sqrt((n0 - ties_x) * (n0 - ties_y))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[lo : lo + step] = np.where(den > 0, s / np.where(den > 0, den, 1), np.nan)
+    return out
+
+
+# Above this many candidates scipy's O(n log n) Kendall per resample beats the O(n^2) sign matrices.
+_KENDALL_VECTOR_MAX = 150
+
+
+def bootstrap_interval(
+    x: np.ndarray,
+    y: np.ndarray,
+    method: str,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``correlation(x, y, method)``, resampling pairs."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(x)
+    if n < MIN_CANDIDATES or n_boot < 1:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    if method == "spearman":
+        values = _spearman_rows(x[idx], y[idx])
+    elif method == "kendall" and n <= _KENDALL_VECTOR_MAX:
+        values = _kendall_rows(x[idx], y[idx])
+    else:
+        values = np.array([correlation(x[i], y[i], method) for i in idx])
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def candidate_scores(rows: pd.DataFrame) -> pd.Series:
+    """Mean accuracy per architecture id over seeds: diverged runs count 0, failed runs are left out.
+
+    ``rows`` holds the runs of one training source (columns ``arch_id``, ``status``, ``accuracy``).
+    """
+    kept = rows[rows["status"] != "failed"]
+    acc = kept["accuracy"].where(kept["status"] == "ok", DIVERGED_ACCURACY).astype(float)
+    scores = acc.groupby(kept["arch_id"]).mean()
+    scores.index = scores.index.astype(str)
+    scores.name = "score"
+    return scores.sort_index()
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One ranker against the ground truth."""
+
+    n: int
+    correlations: dict[tuple[str, str], Interval]  # (method, top-k label) -> interval
+    topk_sizes: dict[str, int]
+    performance: float  # whole-data accuracy of the ranker's pick (mean over tied picks)
+    regret: float
+    best: float
+    picks: tuple[str, ...]
+
+
+def pick(scores: pd.Series, truth: pd.Series) -> tuple[float, float, tuple[str, ...]]:
+    """(performance, regret, picked ids): the ground truth of the top-scored candidates."""
+    common = scores.index.intersection(truth.index)
+    if len(common) == 0:
+        return float("nan"), float("nan"), ()
+    s = scores[common].astype(float)
+    top = s.max()
+    picked = tuple(sorted(str(i) for i in s.index[s == top]))
+    performance = float(truth[list(picked)].mean())
+    best = float(truth[common].max())
+    return performance, best - performance, picked
+
+
+def compare(
+    scores: pd.Series,
+    truth: pd.Series,
+    *,
+    topk: Sequence[str] = DEFAULT_TOPK,
+    methods: Sequence[str] = METHODS,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Comparison:
+    """Correlations (with intervals) over all candidates and each top-k set, and the pick's regret."""
+    scores = scores[np.isfinite(scores.astype(float))]
+    common = sorted(set(scores.index) & set(truth.index))
+    s, t = scores[common].astype(float), truth[common].astype(float)
+    out: dict[tuple[str, str], Interval] = {}
+    sizes: dict[str, int] = {}
+    for label in topk:
+        k = topk_size(label, len(common))
+        sizes[label] = k
+        ids = top_k_ids(t, k)
+        xs, ys = s[ids].to_numpy(), t[ids].to_numpy()
+        for method in methods:
+            value = correlation(xs, ys, method)
+            low, high = (
+                bootstrap_interval(xs, ys, method, n_boot=n_boot, seed=seed)
+                if not math.isnan(value)
+                else (float("nan"), float("nan"))
+            )
+            out[(method, label)] = Interval(value, low, high)
+    performance, regret, picked = pick(s, t)
+    best = float(t.max()) if len(t) else float("nan")
+    return Comparison(len(common), out, sizes, performance, regret, best, picked)
+
+
+def interval_union_seconds(starts: pd.Series, ends: pd.Series) -> float:
+    """Total length of the union of [start, end] intervals: wall time while any of them ran.
+
+    Overlapping runs (parallel workers) count once, gaps between resumed invocations not at all.
+    """
+    s = pd.to_datetime(starts, utc=True, format="ISO8601", errors="coerce")
+    e = pd.to_datetime(ends, utc=True, format="ISO8601", errors="coerce")
+    ok = s.notna() & e.notna()
+    pairs = sorted(zip(s[ok], e[ok], strict=True))
+    total, cur_start, cur_end = 0.0, None, None
+    for a, b in pairs:
+        if cur_end is None or a > cur_end:
+            if cur_end is not None and cur_start is not None:
+                total += (cur_end - cur_start).total_seconds()
+            cur_start, cur_end = a, b
+        elif b > cur_end:
+            cur_end = b
+    if cur_end is not None and cur_start is not None:
+        total += (cur_end - cur_start).total_seconds()
+    return total
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a ranker costs: summed training (or scoring) seconds, wall seconds, storage."""
+
+    seconds: float
+    wall_seconds: float
+    images: int
+    bytes: int
+
+
+def run_cost(rows: pd.DataFrame, images: int, nbytes: int) -> Cost:
+    """Cost of a training source from its stored rows (every seed, every status)."""
+    seconds = float(rows["seconds"].sum()) if len(rows) else 0.0
+    wall = interval_union_seconds(rows["started_at"], rows["finished_at"]) if len(rows) else 0.0
+    return Cost(seconds, wall, images, nbytes)
+
+
+def baseline_scores(
+    arch_ids: Sequence[str], in_channels: int, image_size: int, num_classes: int
+) -> dict[str, pd.Series]:
+    """Rankers that need neither data nor training: parameter count and FLOPs (more = better)."""
+    import torch
+
+    from nas_proxy.models import build_model, count_flops, count_params
+
+    params, flops = {}, {}
+    for arch in arch_ids:
+        # Counted on the meta device: exact shapes of every layer, no memory, no initialisation.
+        with torch.device("meta"):
+            params[arch] = float(count_params(build_model(arch, in_channels, image_size, num_classes)))
+        flops[arch] = float(count_flops(arch, in_channels, image_size, num_classes))
+    return {"params": pd.Series(params, name="params"), "flops": pd.Series(flops, name="flops")}

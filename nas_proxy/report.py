@@ -1,0 +1,389 @@
+"""The paper-style table and figures, recomputed from a run directory's stored rows every time.
+
+Columns: each proxy set, early stopping, the whole data, then training-free rankers (parameter
+count and FLOPs always; zero-cost scores when ``evaluate --rankers`` stored them). Rows:
+performance and regret of each column's pick, Spearman and Kendall over all candidates and
+the top-k (with bootstrap 95% intervals), time cost, wall time and storage. Definitions are in
+:mod:`nas_proxy.metrics`; nothing here is stored that the rows cannot reproduce.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nas_proxy.errors import NasProxyError
+from nas_proxy.metrics import (
+    DEFAULT_TOPK,
+    METHODS,
+    Comparison,
+    Cost,
+    Interval,
+    baseline_scores,
+    candidate_scores,
+    compare,
+    run_cost,
+)
+from nas_proxy.store import ResultsStore, open_store
+
+KIND_ORDER = {"proxy": 0, "early": 1, "full": 2, "ranker": 3}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One ranker of the table: its per-candidate scores, what it cost, and how it compares."""
+
+    id: str
+    label: str
+    kind: str  # "proxy" | "early" | "full" | "ranker"
+    scores: pd.Series
+    cost: Cost
+    counts: dict[str, int]
+    comparison: Comparison | None = None
+    mean_accuracy: float = float("nan")
+    build_seconds: float = float("nan")  # building the proxy set itself (from its manifest)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything the report shows, as values: ``table`` (display strings) and ``metrics`` (numbers)."""
+
+    run_dir: Path
+    columns: tuple[Column, ...]
+    truth: pd.Series | None
+    topk: tuple[str, ...]
+    table: pd.DataFrame
+    metrics: pd.DataFrame
+    protocol: dict[str, Any]
+    notes: tuple[str, ...] = field(default=())
+
+    def markdown(self) -> str:
+        return _markdown(self)
+
+
+def _row_label(method: str, label: str, sizes: dict[str, int]) -> str:
+    name = method.capitalize()
+    if label == "all":
+        return f"{name} (all {sizes.get(label, '')})".replace(" )", ")")
+    return f"{name} top-{label} (k={sizes.get(label, '?')})"
+
+
+def _training_columns(store: ResultsStore, protocol: dict[str, Any]) -> list[Column]:
+    frame = store.frame()
+    sources: dict[str, Any] = protocol.get("sources", {})
+    out = []
+    for sid, desc in sources.items():
+        rows = frame[(frame["source_id"] == sid) & (frame["config_hash"] == desc.get("config_hash"))]
+        if rows.empty:
+            continue
+        counts = {s: int((rows["status"] == s).sum()) for s in ("ok", "diverged", "failed")}
+        scores = candidate_scores(rows)
+        cost = run_cost(rows, int(desc.get("images") or 0), int(desc.get("bytes") or 0))
+        ok = rows[rows["status"] == "ok"]
+        mean_acc = float(ok.groupby("arch_id")["accuracy"].mean().mean()) if len(ok) else float("nan")
+        out.append(
+            Column(
+                sid,
+                str(desc.get("label") or sid),
+                str(desc.get("kind", "proxy")),
+                scores,
+                cost,
+                counts,
+                mean_accuracy=mean_acc,
+                build_seconds=float(desc.get("build_seconds", float("nan"))),
+            )
+        )
+    return out
+
+
+def _ranker_columns(store: ResultsStore, protocol: dict[str, Any], arch_ids: Sequence[str]) -> list[Column]:
+    scores = store.scores_frame()
+    out = []
+    for name in dict.fromkeys(scores["ranker"]):
+        rows = scores[scores["ranker"] == name]
+        ok = rows[rows["status"] == "ok"]
+        series = ok.groupby("arch_id")["score"].mean().astype(float)
+        series.index = series.index.astype(str)
+        counts = {s: int((rows["status"] == s).sum()) for s in ("ok", "overflow", "failed")}
+        secs = float(rows["seconds"].sum())
+        out.append(Column(f"ranker:{name}", name, "ranker", series.sort_index(), Cost(secs, secs, 0, 0), counts))
+    have = {c.label for c in out}
+    missing = [n for n in ("params", "flops") if n not in have]
+    if missing and arch_ids and protocol.get("in_channels"):
+        start = time.perf_counter()
+        base = baseline_scores(
+            list(arch_ids), int(protocol["in_channels"]), int(protocol["image_size"]), int(protocol["num_classes"])
+        )
+        secs = time.perf_counter() - start
+        for name in missing:
+            s = base[name]
+            out.insert(
+                missing.index(name),
+                Column(
+                    f"ranker:{name}",
+                    name,
+                    "ranker",
+                    s.sort_index(),
+                    Cost(secs / len(base), secs / len(base), 0, 0),
+                    {"ok": len(s)},
+                ),
+            )
+    return out
+
+
+def build_report(
+    run_dir: str | Path,
+    *,
+    topk: Sequence[str] = DEFAULT_TOPK,
+    n_boot: int = 1000,
+    seed: int = 0,
+    rankers: bool = True,
+) -> Report:
+    """Recompute every figure of the table from the rows stored in ``run_dir``."""
+    store = open_store(run_dir)
+    protocol = store.read_protocol() or {}
+    columns = _training_columns(store, protocol)
+    if not columns:
+        raise NasProxyError(f"{store.root} holds no finished training runs yet")
+    notes: list[str] = []
+    full = next((c for c in columns if c.kind == "full"), None)
+    truth = full.scores if full is not None else None
+    arch_ids = sorted({i for c in columns for i in c.scores.index})
+    if rankers:
+        columns += _ranker_columns(store, protocol, list(truth.index) if truth is not None else arch_ids)
+    if truth is None:
+        notes.append(
+            "no whole-data runs in this store: correlations and performance need `evaluate --full` "
+            "or `--ground-truth FILE`"
+        )
+    compared = [
+        replace(
+            c, comparison=compare(c.scores, truth, topk=topk, n_boot=n_boot, seed=seed) if truth is not None else None
+        )
+        for c in columns
+    ]
+    compared.sort(key=lambda c: KIND_ORDER.get(c.kind, 9))  # stable: keeps source order within a kind
+    labels = _unique_labels(compared)
+    table = _display_table(compared, labels, tuple(topk))
+    metrics = _metrics_frame(compared, labels, tuple(topk))
+    return Report(store.root, tuple(compared), truth, tuple(topk), table, metrics, protocol, tuple(notes))
+
+
+def _unique_labels(columns: Sequence[Column]) -> list[str]:
+    labels = [c.label for c in columns]
+    return [c.id if labels.count(c.label) > 1 and c.kind != "ranker" else c.label for c in columns]
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:.2f}"
+
+
+def _minutes(seconds: float) -> str:
+    # Rankers cost milliseconds and the whole data hours: tiny costs show their seconds.
+    minutes = seconds / 60
+    return f"{minutes:.2f}" if minutes >= 0.01 or seconds == 0 else f"<0.01 ({seconds:.2g} s)"
+
+
+def _fmt_count(n: float) -> str:
+    if n <= 0:
+        return "0"
+    exp = math.floor(math.log10(n))
+    mant = n / 10**exp
+    return f"10^{exp}" if abs(mant - 1) < 1e-9 else f"{mant:.1f}x10^{exp}" if exp >= 3 else f"{n:.0f}"
+
+
+def _display_table(columns: Sequence[Column], labels: Sequence[str], topk: tuple[str, ...]) -> pd.DataFrame:
+    data: dict[str, list[str]] = {}
+    index: list[str] = []
+    for col, label in zip(columns, labels, strict=True):
+        cmp = col.comparison
+        values: dict[str, str] = {}
+        values["Performance (%)"] = _pct(cmp.performance) if cmp else "n/a"
+        values["Regret (%)"] = _pct(cmp.regret) if cmp else "n/a"
+        for method in METHODS:
+            for k in topk:
+                name = _row_label(method, k, cmp.topk_sizes if cmp else {})
+                iv = cmp.correlations[(method, k)] if cmp else Interval(float("nan"), float("nan"), float("nan"))
+                values[name] = iv.format()
+        values["Mean accuracy (%)"] = _pct(col.mean_accuracy) if col.kind != "ranker" else "-"
+        values["Time cost (min)"] = _minutes(col.cost.seconds)
+        values["Wall time (min)"] = _minutes(col.cost.wall_seconds)
+        values["Build time (min)"] = "-" if math.isnan(col.build_seconds) else _minutes(col.build_seconds)
+        values["Storage (imgs)"] = _fmt_count(col.cost.images)
+        values["Storage (MB)"] = f"{col.cost.bytes / 1e6:.2f}"
+        values["Runs ok/diverged/failed"] = "/".join(
+            str(col.counts.get(s, 0))
+            for s in (("ok", "overflow", "failed") if col.kind == "ranker" else ("ok", "diverged", "failed"))
+        )
+        for key in values:
+            if key not in index:
+                index.append(key)
+        data[label] = [values.get(k, "") for k in index]
+    # Later columns may have added rows (top-k labels depend on n): align.
+    frame = pd.DataFrame({lab: pd.Series(dict(zip(index, vals, strict=False))) for lab, vals in data.items()})
+    return frame.reindex(index)
+
+
+def _metrics_frame(columns: Sequence[Column], labels: Sequence[str], topk: tuple[str, ...]) -> pd.DataFrame:
+    records = []
+    for col, label in zip(columns, labels, strict=True):
+        cmp = col.comparison
+        rec: dict[str, Any] = {
+            "column": col.id,
+            "label": label,
+            "kind": col.kind,
+            "n": cmp.n if cmp else len(col.scores),
+            "performance": cmp.performance if cmp else np.nan,
+            "regret": cmp.regret if cmp else np.nan,
+            "best": cmp.best if cmp else np.nan,
+            "picks": " ".join(cmp.picks) if cmp else "",
+            "mean_accuracy": col.mean_accuracy,
+        }
+        for method in METHODS:
+            for k in topk:
+                iv = cmp.correlations[(method, k)] if cmp else Interval(np.nan, np.nan, np.nan)
+                stem = f"{method}_{_slug(k)}"
+                rec[stem], rec[f"{stem}_low"], rec[f"{stem}_high"] = iv.value, iv.low, iv.high
+                rec[f"k_{_slug(k)}"] = cmp.topk_sizes.get(k, np.nan) if cmp else np.nan
+        rec.update(
+            seconds=col.cost.seconds, wall_seconds=col.cost.wall_seconds, images=col.cost.images, bytes=col.cost.bytes
+        )
+        rec.update({f"n_{s}": n for s, n in col.counts.items()})
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def _slug(k: str) -> str:
+    return k.replace("%", "pct")
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    header = "| | " + " | ".join(map(str, frame.columns)) + " |"
+    sep = "|---|" + "---|" * len(frame.columns)
+    lines = [header, sep]
+    for name, row in frame.iterrows():
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _markdown(report: Report) -> str:
+    p = report.protocol
+    cfg = p.get("configs", {})
+    n = len(report.truth) if report.truth is not None else max((len(c.scores) for c in report.columns), default=0)
+    seeds = sorted({s for inv in p.get("invocations", []) for s in inv.get("seeds", [])})
+    lines = [f"# nas-proxy report: {report.run_dir}", ""]
+    lines.append(
+        f"Dataset **{p.get('dataset')}**, space **{p.get('space')}**, {n} candidates, training seeds "
+        f"{', '.join(map(str, seeds)) or '?'}; "
+        + "; ".join(
+            f"{kind}: {c.get('epochs')} epochs (batch {c.get('batch_size')}, lr {c.get('lr')})"
+            for kind, c in cfg.items()
+        )
+        + "."
+    )
+    lines += ["", _markdown_table(report.table), ""]
+    lines += [
+        "Performance: whole-data test accuracy of the candidate the column ranks first (mean over tied picks); "
+        "regret: best whole-data accuracy minus that. Correlations: Spearman rho / Kendall tau-b between the "
+        "column's scores and whole-data accuracy, over all candidates and over the top-k by whole-data accuracy, "
+        "with percentile-bootstrap 95% intervals (candidates resampled). A diverged run counts as accuracy 0; "
+        "failed runs (and a ranker's failed or overflowing scores) are left out. Time cost: summed training "
+        "seconds (scoring seconds for rankers); wall time: time while any of the column's runs was going; build "
+        "time: making the proxy set, not included in time cost. Rankers need no training and store nothing.",
+    ]
+    lines += [f"\nNote: {note}" for note in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def _scatter(col: Column, label: str, truth: pd.Series, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    common = sorted(set(col.scores.index) & set(truth.index))
+    x = col.scores[common].to_numpy(dtype=float)
+    y = 100 * truth[common].to_numpy(dtype=float)
+    fig = Figure(figsize=(4.2, 4.0), constrained_layout=True)
+    ax = fig.add_subplot()
+    if col.kind == "ranker":
+        from scipy.stats import rankdata
+
+        ax.scatter(rankdata(x), y, s=12, alpha=0.7)
+        ax.set_xlabel(f"{label}: rank of score (1 = lowest)")
+    else:
+        ax.scatter(100 * x, y, s=12, alpha=0.7)
+        ax.set_xlabel(f"accuracy after training on {label} (%)")
+    ax.set_ylabel("whole-data accuracy (%)")
+    rho = col.comparison.correlations[("spearman", "all")] if col.comparison else None
+    ax.set_title(f"{label}: Spearman {rho.format()}" if rho else label, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120)
+
+
+def _cost_figure(report: Report, labels: Sequence[str], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.2), constrained_layout=True)
+    ax = fig.add_subplot()
+    for col, label in zip(report.columns, labels, strict=True):
+        if col.comparison is None:
+            continue
+        iv = col.comparison.correlations[("spearman", "all")]
+        if math.isnan(iv.value):
+            continue
+        x = max(col.cost.seconds / 60, 1e-4)
+        err = None if math.isnan(iv.low) else [[iv.value - iv.low], [iv.high - iv.value]]
+        marker = {"proxy": "o", "early": "s", "full": "*", "ranker": "^"}.get(col.kind, "o")
+        ax.errorbar([x], [iv.value], yerr=err, fmt=marker, capsize=3)
+        ax.annotate(label, (x, iv.value), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("time cost (minutes, summed training / scoring time)")
+    ax.set_ylabel("Spearman vs whole data (all candidates)")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120)
+
+
+def write_report(report: Report, out_dir: str | Path | None = None, *, figures: bool = True) -> list[Path]:
+    """Write report.md, report.csv (the table), metrics.csv (every number), candidates.csv and figures."""
+    out = Path(out_dir) if out_dir is not None else report.run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    labels = _unique_labels(report.columns)
+    md = report.markdown()
+    fig_lines = []
+    if figures and report.truth is not None:
+        for col, label in zip(report.columns, labels, strict=True):
+            if col.kind == "full" or col.comparison is None or col.comparison.n == 0:
+                continue
+            path = out / f"scatter-{_safe_name(col.id)}.png"
+            _scatter(col, label, report.truth, path)
+            written.append(path)
+            fig_lines.append(f"![{label}]({path.name})")
+        path = out / "correlation_vs_cost.png"
+        _cost_figure(report, labels, path)
+        written.append(path)
+        fig_lines.insert(0, f"![correlation vs cost]({path.name})")
+    if fig_lines:
+        md += "\n## Figures\n\n" + "\n".join(fig_lines) + "\n"
+    paths = {"report.md": md}
+    for name, text in paths.items():
+        (out / name).write_text(text)
+        written.append(out / name)
+    report.table.to_csv(out / "report.csv", index_label="metric")
+    report.metrics.to_csv(out / "metrics.csv", index=False)
+    cand = pd.DataFrame({lab: c.scores for c, lab in zip(report.columns, labels, strict=True)})
+    cand.index.name = "arch_id"
+    cand.to_csv(out / "candidates.csv")
+    written += [out / "report.csv", out / "metrics.csv", out / "candidates.csv"]
+    return written

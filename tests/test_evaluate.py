@@ -1,0 +1,280 @@
+"""The evaluator: resume after an interrupt, diverged/failed candidates, parallel backends, protocol checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nas_proxy.data import Split, make_synthetic
+from nas_proxy.errors import NasProxyError
+from nas_proxy.evaluate import (
+    TrainingSource,
+    early_stopping_sources,
+    evaluate,
+    full_source,
+    proxy_source,
+)
+from nas_proxy.groundtruth import export_ground_truth, load_ground_truth
+from nas_proxy.metrics import candidate_scores, compare
+from nas_proxy.proxies import get_builder
+from nas_proxy.report import build_report
+from nas_proxy.space import ArchSpec, load_space
+from nas_proxy.store import ResultsStore, RunRow
+from nas_proxy.train import RunOutcome, TrainConfig, train_and_evaluate
+
+CFG = TrainConfig(epochs=2, batch_size=16)
+RESULT_COLUMNS = ["arch_id", "source_id", "seed", "config_hash", "status", "accuracy", "steps", "params"]
+
+
+@pytest.fixture
+def data() -> tuple[Split, Split]:
+    return make_synthetic(num_classes=4, train_per_class=16, test_per_class=8, size=12, seed=0)
+
+
+@pytest.fixture
+def specs() -> list[str]:
+    return [s.id for s in load_space("tiny").filter("ConvNet-D1-W4-*")]  # 4 candidates
+
+
+def _sources(train: Split, cfg: TrainConfig = CFG) -> list[TrainingSource]:
+    proxy = get_builder("random", ipc=2, seed=0).build(train)
+    ps = proxy_source(proxy, cfg)
+    return [ps, *early_stopping_sources([ps], train, cfg), full_source(train, cfg)]
+
+
+def _results(out: Path) -> pd.DataFrame:
+    frame = ResultsStore(out).frame()
+    return frame[RESULT_COLUMNS].sort_values(["source_id", "arch_id", "seed"]).reset_index(drop=True)
+
+
+def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(
+    data: tuple[Split, Split], specs: list[str], tmp_path: Path
+) -> None:
+    train, test = data
+    sources = _sources(train)
+    seen: list[RunRow] = []
+
+    def interrupt_after_five(row: RunRow) -> None:
+        seen.append(row)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(
+            specs, sources, test, out_dir=tmp_path / "a", seeds=[0, 1], progress=False, on_result=interrupt_after_five
+        )
+    assert len(ResultsStore(tmp_path / "a").rows()) == 5  # everything finished is kept
+
+    trained: list[RunRow] = []
+    res = evaluate(specs, sources, test, out_dir=tmp_path / "a", seeds=[0, 1], progress=False, on_result=trained.append)
+    total = len(specs) * len(sources) * 2
+    assert (res.planned, res.skipped, res.trained) == (total, 5, total - 5)
+    assert {r.key for r in trained}.isdisjoint({r.key for r in seen})  # only the missing runs were trained
+
+    again = evaluate(specs, sources, test, out_dir=tmp_path / "a", seeds=[0, 1], progress=False)
+    assert again.trained == 0 and again.skipped == total
+
+    evaluate(specs, sources, test, out_dir=tmp_path / "b", seeds=[0, 1], progress=False)
+    pd.testing.assert_frame_equal(_results(tmp_path / "a"), _results(tmp_path / "b"))
+    ta = build_report(tmp_path / "a", n_boot=50).table.drop(["Time cost (min)", "Wall time (min)"])
+    tb = build_report(tmp_path / "b", n_boot=50).table.drop(["Time cost (min)", "Wall time (min)"])
+    pd.testing.assert_frame_equal(ta, tb)
+
+
+def test_report_figures_are_recomputed_from_stored_rows(
+    data: tuple[Split, Split], specs: list[str], tmp_path: Path
+) -> None:
+    train, test = data
+    sources = _sources(train)
+    evaluate(specs, sources, test, out_dir=tmp_path, seeds=[0, 1], progress=False)
+    frame = ResultsStore(tmp_path).frame()
+    truth = candidate_scores(frame[frame["source_id"] == "full"])
+    proxy_rows = frame[frame["source_id"] == sources[0].id]
+    want = compare(candidate_scores(proxy_rows), truth, n_boot=100, seed=3)
+    report = build_report(tmp_path, n_boot=100, seed=3)
+    got = report.metrics.set_index("column").loc[sources[0].id]
+    assert got["spearman_all"] == pytest.approx(want.correlations[("spearman", "all")].value, nan_ok=True)
+    assert got["spearman_all_low"] == pytest.approx(want.correlations[("spearman", "all")].low, nan_ok=True)
+    assert got["kendall_all"] == pytest.approx(want.correlations[("kendall", "all")].value, nan_ok=True)
+    assert got["performance"] == pytest.approx(want.performance)
+    assert got["seconds"] == pytest.approx(proxy_rows["seconds"].sum())
+    assert got["images"] == 8 and got["n_ok"] == len(specs) * 2
+
+
+def test_diverged_candidates_are_recorded_and_the_run_goes_on(
+    data: tuple[Split, Split], specs: list[str], tmp_path: Path
+) -> None:
+    train, test = data
+    wild = TrainConfig(epochs=2, batch_size=16, lr=1e12)
+    res = evaluate(specs, [full_source(train, wild)], test, out_dir=tmp_path, progress=False)
+    rows = ResultsStore(tmp_path).rows()
+    assert len(rows) == len(specs) == res.trained
+    diverged = [r for r in rows if r.status == "diverged"]
+    assert diverged and res.diverged == len(diverged)
+    assert all(r.reason and r.accuracy != r.accuracy for r in diverged)  # NaN accuracy, a reason
+
+
+def _flaky_trainer(spec: ArchSpec | str, train: Split, test: Split, config: TrainConfig, seed: int) -> RunOutcome:
+    if "AS-BN" in str(spec):
+        raise RuntimeError("simulated out of memory\nsecond line")
+    return train_and_evaluate(spec, train, test, config, seed)
+
+
+def test_a_failing_candidate_is_stored_as_failed(data: tuple[Split, Split], specs: list[str], tmp_path: Path) -> None:
+    train, test = data
+    res = evaluate(specs, [full_source(train, CFG)], test, out_dir=tmp_path, progress=False, trainer=_flaky_trainer)
+    rows = {r.arch_id: r for r in ResultsStore(tmp_path).rows()}
+    bad = rows["ConvNet-D1-W4-AS-BN-AP"]
+    assert bad.status == "failed" and bad.reason == "RuntimeError: simulated out of memory second line"
+    assert res.failed == 1 and res.ok == len(specs) - 1
+
+
+def test_joblib_two_workers_equal_one(data: tuple[Split, Split], specs: list[str], tmp_path: Path) -> None:
+    train, test = data
+    sources = _sources(train)
+    evaluate(specs, sources, test, out_dir=tmp_path / "one", progress=False)
+    res = evaluate(specs, sources, test, out_dir=tmp_path / "two", n_jobs=2, progress=False)
+    assert res.trained == len(specs) * len(sources)
+    pd.testing.assert_frame_equal(_results(tmp_path / "one"), _results(tmp_path / "two"))
+
+
+def test_dask_local_cluster(data: tuple[Split, Split], specs: list[str], tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    train, test = data
+    sources = [full_source(train, CFG)]
+    evaluate(specs, sources, test, out_dir=tmp_path / "one", progress=False)
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as c,
+        distributed.Client(c) as client,
+    ):
+        res = evaluate(
+            specs, sources, test, out_dir=tmp_path / "dask", backend="dask", scheduler=client, progress=False
+        )
+    assert res.trained == len(specs)
+    pd.testing.assert_frame_equal(_results(tmp_path / "one"), _results(tmp_path / "dask"))
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())} if d.exists() else {}
+
+
+def test_a_store_from_another_protocol_is_refused_untouched(
+    data: tuple[Split, Split], specs: list[str], tmp_path: Path
+) -> None:
+    train, test = data
+    evaluate(specs[:2], [full_source(train, CFG)], test, out_dir=tmp_path, progress=False)
+    before = _snapshot(tmp_path)
+    other = TrainConfig(epochs=3, batch_size=16)
+    with pytest.raises(NasProxyError, match=r"another protocol \(epochs 2 -> 3\)"):
+        evaluate(specs, [full_source(train, other)], test, out_dir=tmp_path, progress=False)
+    small_test = test.subset(list(range(10)))
+    with pytest.raises(NasProxyError, match="test_images"):
+        evaluate(specs, [full_source(train, CFG)], small_test, out_dir=tmp_path, progress=False)
+    assert _snapshot(tmp_path) == before
+
+
+def test_bad_input_is_refused_before_anything_is_written(
+    data: tuple[Split, Split], specs: list[str], tmp_path: Path
+) -> None:
+    train, test = data
+    out = tmp_path / "run"
+    mnist_like = Split(train.images, train.labels, 4, "mnist", train.mean, train.std)
+    cases = [
+        (dict(sources=[full_source(mnist_like, CFG)]), "made from dataset 'mnist'"),
+        (dict(n_jobs=0), "n_jobs must be a positive integer"),
+        (dict(backend="spark"), "unknown backend 'spark'"),
+        (dict(seeds=[]), "at least one training seed"),
+        (dict(specs=[]), "no candidate"),
+        (dict(specs=["ConvNet-D9"]), "malformed architecture id"),
+        (dict(rankers=["nope"]), "unknown ranker 'nope'"),
+    ]
+    for change, message in cases:
+        kwargs = dict(
+            specs=specs, sources=[full_source(train, CFG)], test=test, out_dir=out, progress=False, ranker_train=train
+        )
+        kwargs.update(change)
+        with pytest.raises(NasProxyError, match=message):
+            evaluate(**kwargs)  # type: ignore[arg-type]
+        assert not out.exists()
+
+
+def test_ground_truth_export_and_reuse(data: tuple[Split, Split], specs: list[str], tmp_path: Path) -> None:
+    train, test = data
+    sources = _sources(train)
+    evaluate(specs, sources, test, out_dir=tmp_path / "a", seeds=[0, 1], progress=False, space="tiny")
+    path = export_ground_truth(tmp_path / "a", tmp_path / "gt" / "synthetic-tiny.csv")
+    gt = load_ground_truth(path)
+    assert gt.dataset == "synthetic" and gt.config == CFG and sorted(gt.arch_ids) == sorted(specs)
+    assert gt.protocol["seeds"] == [0, 1] and gt.protocol["rows"] == len(specs) * 2
+
+    res = evaluate(specs, sources[:2], test, out_dir=tmp_path / "b", seeds=[0, 1], progress=False, ground_truth=gt)
+    assert res.imported == len(specs) * 2
+    assert res.trained == len(specs) * 2 * 2  # proxy and early stopping only: the whole data is not retrained
+    pd.testing.assert_frame_equal(_results(tmp_path / "a"), _results(tmp_path / "b"))
+
+    with pytest.raises(NasProxyError, match="lacks 1 of the 5 selected candidates"):
+        evaluate(
+            [*specs, "ConvNet-D2-W4-AR-IN-AP"],
+            sources[:1],
+            test,
+            out_dir=tmp_path / "c",
+            progress=False,
+            ground_truth=gt,
+        )
+    path.write_text(path.read_text().replace("ok", "ok ", 1))
+    with pytest.raises(NasProxyError, match="does not match the SHA-256"):
+        load_ground_truth(path)
+
+
+def test_zero_cost_rankers_are_stored_and_reported(data: tuple[Split, Split], specs: list[str], tmp_path: Path) -> None:
+    pytest.importorskip("nas_proxy.zero_cost")
+    train, test = data
+    res = evaluate(
+        specs,
+        [full_source(train, CFG)],
+        test,
+        out_dir=tmp_path,
+        progress=False,
+        rankers=["synflow", "params"],
+        ranker_train=train,
+    )
+    assert res.scores == 2 * len(specs)
+    scores = ResultsStore(tmp_path).scores_frame()
+    assert set(scores["ranker"]) == {"synflow", "params"}
+    report = build_report(tmp_path, n_boot=20)
+    labels = list(report.table.columns)
+    assert labels[0] == "whole data" and {"synflow", "params", "flops"} <= set(labels)
+    again = evaluate(
+        specs,
+        [full_source(train, CFG)],
+        test,
+        out_dir=tmp_path,
+        progress=False,
+        rankers=["synflow", "params"],
+        ranker_train=train,
+    )
+    assert again.scores == 0  # resumed: nothing rescored
+
+
+def test_demo_runs_end_to_end_on_a_small_config(tmp_path: Path) -> None:
+    from nas_proxy.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        dataset="synthetic",
+        space="tiny",
+        candidates=4,
+        methods=("random", "not-a-method"),
+        train_images=200,
+        test_images=100,
+        proxy_epochs=2,
+        full_epochs=1,
+        rankers="params",
+    )
+    result = run_demo(tmp_path, config=cfg, n_jobs=1, progress=False)
+    assert [p.name for p in result.proxies] == ["synthetic-random-ipc10-s0.npz"]
+    assert "| Performance (%) |" in result.markdown and "random ipc10" in result.markdown
+    assert (tmp_path / "report" / "report.md").exists()
+    again = run_demo(tmp_path, config=cfg, n_jobs=1, progress=False)  # resumes: reuses proxies and rows
+    assert again.markdown.split("| Time cost")[0] == result.markdown.split("| Time cost")[0]
