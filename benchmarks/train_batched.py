@@ -1,0 +1,239 @@
+"""Proxy training, side by side: R seeds of one candidate, the plain loop vs ``nas_proxy.fast.train_many``.
+
+The NAS protocol trains every candidate 100 epochs on a 100-image proxy (10 per class, batch 256:
+one SGD step an epoch). For a narrow, the default and a wide candidate this script times
+
+- the reference: the plain one-by-one loop written out below (per model, per step, a standard
+  ``nn.Module`` and ``torch.optim.SGD``, the process's default torch threads), as research code
+  does it; and
+- ours: ``train_many(spec, proxy, test, config, seeds, strategy="auto", n_jobs=<cores>)``,
+
+checks that both give the same test accuracies (and, for seed 0, the same final parameters), and
+prints ``RESULT <name> ratio=<reference seconds / ours> equal=yes|no``. Records go to
+``results/benchmarks/train_batched-<machine>[-quick].{md,json}``.
+
+    python benchmarks/train_batched.py --quick            # a few minutes on a 2-core CPU
+    python benchmarks/train_batched.py                    # the full protocol (long on a CPU)
+    python benchmarks/train_batched.py --synthetic --quick --explore
+
+Timings on a shared machine move with its load: the load average is printed and recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Comparison, Timer, describe, machine, write_record
+
+from nas_proxy.data import Split, load_dataset, make_synthetic
+from nas_proxy.device import resolve_device
+from nas_proxy.fast import choose_plan, train_many, train_stacked
+from nas_proxy.models import build_model, count_flops
+from nas_proxy.space import ArchSpec
+from nas_proxy.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    arch: str
+    seeds: int
+    epochs: int
+
+
+# ----------------------------------------------------------------------------- the reference loop
+
+
+def plain_loop(
+    arch: str, train: Split, test: Split, cfg: TrainConfig, seeds: list[int]
+) -> tuple[list[float], nn.Module]:
+    """One model after another, one step after another: what research code does.
+
+    The protocol of ``nas_proxy.train``: SGD with momentum and weight decay, each seed's own
+    shuffled order, lr x0.1 at half the steps, then test accuracy in eval mode.
+    Returns the accuracies and the first model (for the parameter check).
+    """
+    accuracies: list[float] = []
+    first: nn.Module | None = None
+    for seed in seeds:
+        model = build_model(arch, train.in_channels, train.image_size, train.num_classes, seed=seed).to(train.device)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        loss_fn = nn.CrossEntropyLoss()
+        gen = torch.Generator().manual_seed(seed)
+        n = len(train)
+        total = cfg.epochs * math.ceil(n / cfg.batch_size)
+        step = 0
+        model.train()
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n, generator=gen).to(train.device)
+            for i in range(0, n, cfg.batch_size):
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * (0.1 if step >= int(total * cfg.decay_at) else 1.0)
+                idx = order[i : i + cfg.batch_size]
+                loss = loss_fn(model(train.images[idx]), train.labels[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for i in range(0, len(test), 2048):
+                correct += int((model(test.images[i : i + 2048]).argmax(1) == test.labels[i : i + 2048]).sum())
+        accuracies.append(correct / len(test))
+        if first is None:
+            first = model
+    assert first is not None
+    return accuracies, first
+
+
+# ----------------------------------------------------------------------------- data and cases
+
+
+def proxy_data(synthetic: bool, test_images: int, device: torch.device, seed: int = 0) -> tuple[Split, Split, str]:
+    """A 100-image proxy (10 random images per class) and a test subset."""
+    if synthetic:
+        train, test = make_synthetic(num_classes=10, train_per_class=10, test_per_class=max(1, test_images // 10))
+        return train.to(device), test.to(device), "synthetic (10 classes, 1x28x28)"
+    full_train, full_test = load_dataset("fashionmnist")
+    g = torch.Generator().manual_seed(seed)
+    picks = [
+        full_train.indices_of_class(c)[torch.randperm(len(full_train.indices_of_class(c)), generator=g)[:10]]
+        for c in range(full_train.num_classes)
+    ]
+    proxy = full_train.subset(torch.cat(picks))
+    test = full_test.random_subset(min(test_images, len(full_test)), seed=seed)
+    return proxy.to(device), test.to(device), "Fashion-MNIST, 10 random train images per class"
+
+
+def cases(args: argparse.Namespace) -> list[Case]:
+    if args.quick:
+        return [
+            Case("narrow", args.narrow, 10, 20),
+            Case("default", args.default, 4, 3),
+            Case("wide", args.wide, 2, 2),
+        ]
+    return [
+        Case("narrow", args.narrow, args.seeds, args.epochs),
+        Case("default", args.default, args.seeds, args.epochs),
+        Case("wide", args.wide, args.wide_seeds, args.wide_epochs),
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer seeds and epochs: a few minutes on a 2-core CPU")
+    p.add_argument("--synthetic", action="store_true", help="synthetic images instead of Fashion-MNIST")
+    p.add_argument("--narrow", default="ConvNet-D3-W8-AR-IN-AP")
+    p.add_argument("--default", default="ConvNet-D3-W128-AR-IN-AP")
+    p.add_argument("--wide", default="ConvNet-D3-W256-AR-IN-AP")
+    p.add_argument("--seeds", type=int, default=10, help="seeds of the narrow and default candidates (R)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--wide-seeds", type=int, default=2, help="the wide candidate is slow on a CPU")
+    p.add_argument("--wide-epochs", type=int, default=20)
+    p.add_argument("--test-images", type=int, default=2000)
+    p.add_argument("--n-jobs", type=int, default=-1, help="worker processes for ours (-1: one per core)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--reference-threads", type=int, default=None, help="torch threads of the reference loop")
+    p.add_argument("--explore", action="store_true", help="also time each strategy on its own")
+    p.add_argument("--only", default=None, help="comma-separated labels to run (narrow,default,wide)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    train, test, data_text = proxy_data(args.synthetic, args.test_images, device)
+    info = machine(device)
+    print(describe(info), flush=True)
+    comparisons: list[Comparison] = []
+    wanted = set(args.only.split(",")) if args.only else None
+    for case in cases(args):
+        if wanted is not None and case.label not in wanted:
+            continue
+        cfg = TrainConfig(epochs=case.epochs, batch_size=256)
+        seeds = list(range(case.seeds))
+        spec = ArchSpec.from_id(case.arch)
+        n_jobs = len(os.sched_getaffinity(0)) if args.n_jobs == -1 else args.n_jobs
+        plan = choose_plan(spec, train, cfg, len(seeds), n_jobs)
+        train_many("ConvNet-D1-W4-AR-NN-NP", train, test, cfg, [0, 1], n_jobs=n_jobs)  # start workers: not timed
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.reference_threads or threads)
+        with Timer() as ref_t:
+            ref_acc, ref_model = plain_loop(case.arch, train, test, cfg, seeds)
+        torch.set_num_threads(threads)
+        with Timer() as ours_t:
+            ours = train_many(spec, train, test, cfg, seeds, strategy="auto", n_jobs=n_jobs)
+        ours_acc = [o.accuracy for o in ours]
+        # Seed 0's final parameters through the stacked code (one model), against the plain loop's.
+        check = build_model(spec, train.in_channels, train.image_size, train.num_classes, seed=0).to(device)
+        train_stacked([check], train, cfg, [0])
+        param_diff = max(
+            float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+            for a, b in zip(check.state_dict().values(), ref_model.state_dict().values(), strict=True)
+            if b.is_floating_point()
+        )
+        acc_diff = max(abs(a - b) for a, b in zip(ref_acc, ours_acc, strict=True))
+        equal = all(o.status == "ok" for o in ours) and acc_diff <= 0.005 and param_diff <= 1e-3
+        name = f"{case.label}-{spec.id}-R{case.seeds}-E{case.epochs}"
+        details = {
+            "plan": f"{plan.strategy}(stack={plan.stack_size},jobs={plan.n_jobs},inner={plan.inner})",
+            "flops": count_flops(spec),
+            "mean_acc_ref": round(sum(ref_acc) / len(ref_acc), 4),
+            "mean_acc_ours": round(sum(ours_acc) / len(ours_acc), 4),
+            "max_acc_diff": round(acc_diff, 4),
+            "max_rel_param_diff": f"{param_diff:.1e}",
+        }
+        comparisons.append(Comparison(name, ref_t.seconds, ours_t.seconds, equal, details))
+        print(comparisons[-1].result_line(), details, flush=True)
+        if args.explore:
+            for label, kw in (
+                ("stacked-all", {"strategy": "stacked"}),
+                ("stacked-1", {"strategy": "stacked", "stack_size": 1}),
+                ("parallel-loop", {"strategy": "parallel", "n_jobs": n_jobs}),
+            ):
+                with Timer() as t:
+                    out = train_many(spec, train, test, cfg, seeds, **kw)  # type: ignore[arg-type]
+                diff = max(abs(a - o.accuracy) for a, o in zip(ref_acc, out, strict=True))
+                comparisons.append(
+                    Comparison(f"{name}/{label}", ref_t.seconds, t.seconds, diff <= 0.005, {"max_acc_diff": diff})
+                )
+                print(comparisons[-1].result_line(), flush=True)
+    info_after = machine(device)
+    notes = [
+        f"data: {data_text}; test accuracy on {len(test)} test images",
+        "reference: the plain loop in this file with the process's default torch threads; ours: "
+        "train_many(strategy='auto', n_jobs=cores), worker start-up (once per session) not timed",
+        "equal: every seed's accuracy within 0.5 points and seed 0's final tensors within 1e-3 relative",
+        f"load average after the run: {info_after['load_average']}",
+    ]
+    if args.quick:
+        notes.append("--quick: narrow 10 seeds x 20 epochs, default 4 x 3, wide 2 x 2 (the protocol: 100 epochs)")
+    settings = {
+        "reference_threads": args.reference_threads or torch.get_num_threads(),
+        "quick": args.quick,
+        "synthetic": args.synthetic,
+        "n_jobs": args.n_jobs,
+        "test_images": len(test),
+    }
+    suffix = ("-quick" if args.quick else "") + (f"-ref{args.reference_threads}t" if args.reference_threads else "")
+    suffix += f"-{'-'.join(sorted(wanted))}" if wanted else ""
+    path = write_record("train_batched", info, comparisons, settings, notes, suffix=suffix)
+    print(f"wrote {path}")
+    for c in comparisons:
+        print(c.result_line())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,575 @@
+"""Train several seeds of one candidate fast: one stacked network, worker processes, or the plain loop.
+
+``train_many(spec, train, test, config, seeds)`` returns what ``[train_and_evaluate(spec, train,
+test, config, s) for s in seeds]`` returns, to float tolerance, by one of these strategies:
+
+- ``loop``: exactly that list comprehension (the readable reference in ``train.py``).
+- ``stacked``: the R models as ONE network whose channels are the R models side by side. Every
+  model is built by ``build_model(spec, seed=s)`` as in the loop, then its tensors are concatenated:
+  conv ``k`` becomes a grouped conv (``groups=R``), BatchNorm / InstanceNorm / GroupNorm act per
+  channel (or per group) and so stay per model, LayerNorm and the head are batched per model.
+  The loss is the sum of the R mean losses, so each model's gradient is its own; SGD is elementwise,
+  so SGD on the stacked tensors is R independent SGDs. One Python step trains R models: this wins
+  where a step is overhead-bound (narrow nets, GPUs).
+- ``parallel``: seeds split over ``n_jobs`` joblib (loky) worker processes with one torch thread
+  each, each worker running ``loop`` or ``stacked`` on its share. On a CPU, narrow nets use one
+  core badly (small kernels, Python overhead), so two one-thread workers beat one two-thread
+  process.
+- ``auto``: :func:`choose_strategy`, a cost model fitted to measurements (see its docstring).
+
+Equality with the loop: same initial weights (same ``build_model`` seeds), same batch order (the
+same seeded ``randperm``), same learning-rate schedule; only the float summation order of
+grouped convs and batched heads differs, so parameters agree to ~1e-5 relative after 100 steps
+and accuracies agree except where a test image sits exactly on a decision boundary.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas_proxy.data import Split
+from nas_proxy.errors import NasProxyError, UnknownNameError
+from nas_proxy.models import ConvNet, build_model, count_flops, count_params
+from nas_proxy.space import ArchSpec
+from nas_proxy.train import RunOutcome, TrainConfig, TrainStats, train_and_evaluate
+
+STRATEGIES: tuple[str, ...] = ("auto", "loop", "stacked", "parallel")
+
+
+@dataclass(frozen=True)
+class FastOptions:
+    """Speed switches of the stacked path; all off by default, all harmless on CPU.
+
+    ``channels_last``: NHWC memory format for the stacked activations (helps cuDNN; mixed on CPU).
+    ``bf16``: bfloat16 autocast of the forward pass; changes results beyond float tolerance, so it
+    is off unless asked for (CUDA only; ignored on CPU). ``compile``: ``None``, ``"default"`` or
+    ``"reduce-overhead"`` (the latter uses CUDA graphs on a GPU): the stacked step goes through
+    ``torch.compile``. On this project's CPU a compile costs tens of seconds per candidate, more
+    than 100 steps of a small net, so it is a GPU option.
+    """
+
+    channels_last: bool = False
+    bf16: bool = False
+    compile: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.compile not in (None, "default", "reduce-overhead", "max-autotune"):
+            raise UnknownNameError("compile mode", self.compile, ["default", "reduce-overhead", "max-autotune"])
+
+
+# ----------------------------------------------------------------------------- the stacked network
+
+
+_ACT_FNS: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: F.relu,
+    nn.LeakyReLU: lambda x: F.leaky_relu(x, 0.01),
+    nn.Sigmoid: torch.sigmoid,
+}
+
+
+@dataclass
+class _Layer:
+    """One layer of the stacked network: a kind, its stacked tensors, and fixed settings."""
+
+    kind: str  # conv | bn | gn | ln | act | maxpool | avgpool
+    tensors: dict[str, torch.Tensor]
+    settings: dict[str, Any]
+
+
+class StackedConvNets:
+    """R ConvNets of one spec as one network with R times the channels (see the module docstring).
+
+    Built from the R ``ConvNet`` modules (so initial weights are exactly theirs); ``write_back``
+    copies the trained tensors into those modules again.
+    """
+
+    def __init__(self, models: Sequence[ConvNet]) -> None:
+        if not models:
+            raise NasProxyError("need at least one model to stack")
+        self.models = list(models)
+        self.r = len(models)
+        self.layers: list[_Layer] = []
+        rows = zip(*(m.features for m in models), strict=True)
+        for mods in rows:
+            first = mods[0]
+            if isinstance(first, nn.Conv2d):
+                self.layers.append(
+                    _Layer(
+                        "conv",
+                        {"weight": _cat(m.weight for m in mods), "bias": _cat(m.bias for m in mods)},
+                        {"padding": first.padding, "in_channels": first.in_channels},
+                    )
+                )
+            elif isinstance(first, nn.BatchNorm2d):
+                self.layers.append(
+                    _Layer(
+                        "bn",
+                        {
+                            "weight": _cat(m.weight for m in mods),
+                            "bias": _cat(m.bias for m in mods),
+                            "running_mean": _cat((m.running_mean for m in mods), grad=False),
+                            "running_var": _cat((m.running_var for m in mods), grad=False),
+                        },
+                        {"momentum": first.momentum, "eps": first.eps},
+                    )
+                )
+            elif isinstance(first, nn.GroupNorm):
+                self.layers.append(
+                    _Layer(
+                        "gn",
+                        {"weight": _cat(m.weight for m in mods), "bias": _cat(m.bias for m in mods)},
+                        {"groups": first.num_groups * self.r, "eps": first.eps},
+                    )
+                )
+            elif isinstance(first, nn.LayerNorm):
+                self.layers.append(
+                    _Layer(
+                        "ln",
+                        {"weight": _stack(m.weight for m in mods), "bias": _stack(m.bias for m in mods)},
+                        {"shape": tuple(first.normalized_shape), "eps": first.eps},
+                    )
+                )
+            elif type(first) in _ACT_FNS:
+                self.layers.append(_Layer("act", {}, {"fn": _ACT_FNS[type(first)]}))
+            elif isinstance(first, nn.MaxPool2d | nn.AvgPool2d):
+                self.layers.append(_Layer("maxpool" if isinstance(first, nn.MaxPool2d) else "avgpool", {}, {}))
+            elif isinstance(first, nn.Identity):
+                continue
+            else:  # a new layer type in models.py must be taught here, not silently skipped
+                raise NasProxyError(f"stacked training does not know layer {type(first).__name__}")
+        self.head_weight = _stack(m.classifier.weight for m in models)  # (R, K, F)
+        self.head_bias = _stack(m.classifier.bias for m in models)  # (R, K)
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The trainable stacked tensors (leaves with ``requires_grad``)."""
+        params = [t for layer in self.layers for k, t in layer.tensors.items() if not k.startswith("running")]
+        return [*params, self.head_weight, self.head_bias]
+
+    def forward(self, x: torch.Tensor, *, training: bool, channels_last: bool = False) -> torch.Tensor:
+        """Logits (R, N, K). ``x`` is shared (N, C, H, W) or per model (R, N, C, H, W)."""
+        r = self.r
+        shared = x.ndim == 4
+        n = x.shape[0] if shared else x.shape[1]
+        if not shared:  # per-model batches become channel blocks: (N, R*C, H, W)
+            x = x.transpose(0, 1).reshape(n, -1, *x.shape[-2:])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        first_conv = True
+        for layer in self.layers:
+            t, s = layer.tensors, layer.settings
+            if layer.kind == "conv":
+                # A shared input feeds every model: one plain conv with R*W outputs; else grouped.
+                groups = 1 if (first_conv and shared) else r
+                x = F.conv2d(x, t["weight"], t["bias"], padding=s["padding"], groups=groups)
+                first_conv = False
+            elif layer.kind == "bn":
+                x = F.batch_norm(
+                    x,
+                    t["running_mean"],
+                    t["running_var"],
+                    t["weight"],
+                    t["bias"],
+                    training=training,
+                    momentum=s["momentum"],
+                    eps=s["eps"],
+                )
+            elif layer.kind == "gn":
+                x = F.group_norm(x, s["groups"], t["weight"], t["bias"], s["eps"])
+            elif layer.kind == "ln" and r == 1:  # the fused native kernel, on views of the stacked affine
+                x = F.layer_norm(x, s["shape"], t["weight"][0], t["bias"][0], s["eps"])
+            elif layer.kind == "ln":
+                c, h, w = s["shape"]
+                y = F.layer_norm(x.reshape(n, r, c, h, w), (c, h, w), eps=s["eps"])
+                x = torch.addcmul(t["bias"], y, t["weight"]).reshape(n, r * c, h, w)
+            elif layer.kind == "act":
+                x = s["fn"](x)
+            elif layer.kind == "maxpool":
+                x = F.max_pool2d(x, 2, 2)
+            else:
+                x = avg_pool_2x2(x)
+        feats = x.reshape(n, r, -1).transpose(0, 1)  # (R, N, F): each model's flatten order
+        return torch.baddbmm(self.head_bias.unsqueeze(1), feats, self.head_weight.transpose(1, 2))
+
+    @torch.no_grad()
+    def write_back(self) -> list[ConvNet]:
+        """Copy the stacked tensors into the R original modules and return them."""
+        layers = iter(self.layers)
+        for mods in zip(*(m.features for m in self.models), strict=True):
+            if isinstance(mods[0], nn.Identity):  # no layer was made for it
+                continue
+            layer = next(layers)
+            for name, stacked in layer.tensors.items():
+                # LayerNorm and head tensors were stacked on a new dim; the rest concatenated.
+                parts = stacked.unbind(0) if layer.kind == "ln" else stacked.chunk(self.r, dim=0)
+                for m, part in zip(mods, parts, strict=True):
+                    getattr(m, name).copy_(part)
+            if layer.kind == "bn":
+                for m in mods:
+                    if isinstance(m, nn.BatchNorm2d) and m.num_batches_tracked is not None:
+                        m.num_batches_tracked.add_(self.steps_done)
+        for m, w, b in zip(self.models, self.head_weight, self.head_bias, strict=True):
+            m.classifier.weight.copy_(w)
+            m.classifier.bias.copy_(b)
+        return self.models
+
+    steps_done: int = 0
+
+
+_POOL_MATRICES: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.avg_pool2d(x, 2, 2)`` as one GEMM: each pair of image rows times a fixed (2W, W/2) matrix.
+
+    Same sums of the same four values times 0.25, so the same numbers; on CPU forward plus backward
+    run 2-3x faster than PyTorch's NCHW pooling kernel, which dominates a narrow ConvNet's step.
+    Odd sizes (floor mode drops a row or column) and non-contiguous inputs keep the plain kernel.
+    """
+    n, c, h, w = x.shape
+    if h % 2 or w % 2 or not x.is_contiguous():
+        return F.avg_pool2d(x, 2, 2)
+    key = (w, x.device, x.dtype)
+    pool = _POOL_MATRICES.get(key)
+    if pool is None:
+        pool = torch.zeros(2 * w, w // 2, device=x.device, dtype=x.dtype)
+        cols = torch.arange(w // 2, device=x.device)
+        for offset in (0, 1, w, w + 1):  # the 2x2 window: two columns in each of two rows
+            pool[2 * cols + offset, cols] = 0.25
+        _POOL_MATRICES[key] = pool
+    return (x.reshape(-1, 2 * w) @ pool).view(n, c, h // 2, w // 2)
+
+
+def _cat(tensors: Any, grad: bool = True) -> torch.Tensor:
+    return torch.cat([t.detach() for t in tensors]).requires_grad_(grad)
+
+
+def _stack(tensors: Any) -> torch.Tensor:
+    return torch.stack([t.detach() for t in tensors]).requires_grad_(True)
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+def _train_loop(
+    spec: ArchSpec, train: Split, test: Split, config: TrainConfig, seeds: Sequence[int]
+) -> list[RunOutcome]:
+    return [train_and_evaluate(spec, train, test, config, s) for s in seeds]
+
+
+def train_stacked(
+    models: Sequence[ConvNet],
+    train: Split,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    *,
+    options: FastOptions | None = None,
+) -> tuple[StackedConvNets, list[TrainStats]]:
+    """Train ``models`` (one spec, on ``train``'s device) in place as one stacked network.
+
+    ``train_model(models[i], train, config, seeds[i])`` for every i, to float tolerance: the same
+    batch order (each seed's own ``randperm``), learning-rate schedule and divergence rule.
+    Returns the stacked network (for :func:`stacked_accuracy`) and each model's stats.
+    """
+    options = options or FastOptions()
+    if len(models) != len(seeds):
+        raise NasProxyError(f"{len(models)} models but {len(seeds)} seeds")
+    start = time.perf_counter()
+    device = train.device
+    net = StackedConvNets(models)
+    opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    r, n = len(models), len(train)
+    total = config.total_steps(n)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]  # each seed's batch order, as in train_model
+    full_batch = config.batch_size >= n
+    autocast = options.bf16 and device.type == "cuda"
+
+    def losses_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = net.forward(x, training=True, channels_last=options.channels_last)
+        # Per-model mean cross-entropy, (R,); their sum gives each model its own gradient.
+        per = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
+        return per.reshape(r, -1).mean(1)
+
+    step_fn = torch.compile(losses_of, mode=options.compile) if options.compile else losses_of
+    # Divergence is tracked on the device (no host sync inside the loop): the step count at the end
+    # of the epoch in which a model's loss first turned non-finite. Such a model goes on computing
+    # garbage in its own channels, which touch no other model, and is reported as diverged.
+    stopped_at = torch.full((r,), -1, dtype=torch.long, device=device)
+    last = torch.zeros(r, device=device)
+    step = 0
+    while step < total:
+        orders = [torch.randperm(n, generator=g) for g in gens]
+        epoch_loss = torch.zeros(r, device=device)
+        for i in range(0, n, config.batch_size):
+            lr = config.lr_at(step, total)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            if full_batch:
+                # The whole set is every model's batch: the mean loss and BatchNorm's batch statistics
+                # do not depend on the order inside it, so all models share one input (no gather).
+                x, y = train.images, train.labels.expand(r, n)
+            else:
+                idx = torch.stack([o[i : i + config.batch_size] for o in orders]).to(device, non_blocking=True)
+                x, y = train.images[idx], train.labels[idx]
+            losses = step_fn(x, y)
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            last = losses.detach()
+            epoch_loss += last
+            step += 1
+            if step >= total:
+                break
+        newly = (stopped_at < 0) & ~torch.isfinite(epoch_loss)
+        stopped_at = torch.where(newly, torch.full_like(stopped_at, step), stopped_at)
+    net.steps_done = step
+    net.write_back()
+    seconds = (time.perf_counter() - start) / r  # the R runs overlap: each gets an even share
+    stats = [
+        TrainStats(stop, seconds, float("nan"), True) if stop >= 0 else TrainStats(step, seconds, loss, False)
+        for stop, loss in zip(stopped_at.tolist(), last.tolist(), strict=True)
+    ]
+    return net, stats
+
+
+def _train_stacked(
+    spec: ArchSpec,
+    train: Split,
+    test: Split,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    options: FastOptions,
+    stack_size: int,
+) -> list[RunOutcome]:
+    """Seeds in chunks of ``stack_size``, each chunk one stacked network, then tested stacked."""
+    outcomes: list[RunOutcome] = []
+    for j in range(0, len(seeds), stack_size):
+        chunk = seeds[j : j + stack_size]
+        start = time.perf_counter()
+        models = [
+            build_model(spec, train.in_channels, train.image_size, train.num_classes, seed=s).to(train.device)
+            for s in chunk
+        ]
+        net, stats = train_stacked(models, train, config, chunk, options=options)
+        accs = stacked_accuracy(net, test)
+        seconds = (time.perf_counter() - start) / len(chunk)
+        n_params = count_params(models[0])
+        outcomes += [
+            RunOutcome(float("nan"), seconds, st.steps, n_params, "diverged")
+            if st.diverged
+            else RunOutcome(acc, seconds, st.steps, n_params, "ok")
+            for acc, st in zip(accs, stats, strict=True)
+        ]
+    return outcomes
+
+
+@torch.no_grad()
+def stacked_accuracy(net: StackedConvNets, split: Split, batch_size: int = 2048) -> list[float]:
+    """Each model's top-1 accuracy in eval mode (BatchNorm on its own running statistics)."""
+    correct = torch.zeros(net.r, dtype=torch.long, device=split.device)
+    for i in range(0, len(split), batch_size):
+        logits = net.forward(split.images[i : i + batch_size], training=False)
+        correct += (logits.argmax(-1) == split.labels[i : i + batch_size]).sum(1)
+    return [c / max(len(split), 1) for c in correct.tolist()]
+
+
+def _keep_freed_memory() -> None:
+    """Stop glibc from handing activation buffers back to the OS after every step (Linux only).
+
+    A narrow net's activations are a few MB each: above glibc's mmap threshold, so every step maps
+    fresh pages and faults them in, zeroed, which costs as much as the arithmetic (seen as slow
+    ``threshold_backward`` and ``fill_`` in a profile). Worker processes are ours to tune.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's maximum on 64-bit
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def _worker_task(
+    spec: ArchSpec, train: Split, test: Split, config: TrainConfig, seeds: list[int], plan: Plan, options: FastOptions
+) -> list[RunOutcome]:
+    torch.set_num_threads(1)  # one core per worker: narrow nets use a second thread badly
+    _keep_freed_memory()
+    return _run_plan(spec, train, test, config, seeds, plan, options)
+
+
+def _train_parallel(
+    spec: ArchSpec,
+    train: Split,
+    test: Split,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    plan: Plan,
+    options: FastOptions,
+) -> list[RunOutcome]:
+    """Seeds dealt round-robin to ``plan.n_jobs`` loky workers of one torch thread each."""
+    from joblib import Parallel, delayed
+
+    chunks = [list(seeds[j :: plan.n_jobs]) for j in range(plan.n_jobs) if seeds[j :: plan.n_jobs]]
+    inner = Plan(plan.inner, stack_size=plan.stack_size)
+    # CPU tensors travel to the workers pickled: a 100-image proxy and a 10k test set are a few MB.
+    cpu_train, cpu_test = train.to("cpu"), test.to("cpu")
+    parts = Parallel(n_jobs=len(chunks), backend="loky")(
+        delayed(_worker_task)(spec, cpu_train, cpu_test, config, chunk, inner, options) for chunk in chunks
+    )
+    by_seed: dict[int, RunOutcome] = {}
+    for chunk, outs in zip(chunks, parts, strict=True):
+        by_seed.update(zip(chunk, outs, strict=True))
+    return [by_seed[s] for s in seeds]
+
+
+def _run_plan(
+    spec: ArchSpec,
+    train: Split,
+    test: Split,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    plan: Plan,
+    options: FastOptions,
+) -> list[RunOutcome]:
+    if plan.strategy == "parallel":
+        return _train_parallel(spec, train, test, config, seeds, plan, options)
+    if plan.strategy == "stacked":
+        return _train_stacked(spec, train, test, config, seeds, options, plan.stack_size)
+    return _train_loop(spec, train, test, config, seeds)
+
+
+# ----------------------------------------------------------------------------- choosing
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How :func:`train_many` trains: a strategy, models per stacked network, worker processes.
+
+    ``inner`` is what each ``parallel`` worker runs on its share of the seeds (``loop`` or ``stacked``).
+    """
+
+    strategy: str
+    stack_size: int = 1
+    n_jobs: int = 1
+    inner: str = "loop"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES or self.strategy == "auto":
+            raise UnknownNameError("training strategy", self.strategy, STRATEGIES[1:])
+        if self.inner not in ("loop", "stacked"):
+            raise UnknownNameError("worker strategy", self.inner, ["loop", "stacked"])
+        if self.stack_size < 1 or self.n_jobs < 1:
+            raise NasProxyError(f"stack_size and n_jobs must be at least 1, got {self.stack_size}, {self.n_jobs}")
+
+
+def choose_plan(spec: ArchSpec, train: Split, config: TrainConfig, n_seeds: int, n_jobs: int) -> Plan:
+    """The plan ``strategy="auto"`` uses: a cost model from measurements on the project's 2-core CPU.
+
+    - GPU: every seed in one stacked network (a small net is launch-bound: R models cost about one).
+    - CPU, in one process: stacking many models loses (R models' activations leave the cache and
+      every kernel turns memory-bound: 0.3-0.7x at R=10), but the stacked code with ONE model per
+      network beats the reference step by 1.1-1.3x on avg-pooled nets up to ~20 MFLOPs an image
+      (GEMM pooling replaces PyTorch's slow NCHW pooling kernel); elsewhere it is a wash or slower
+      (maxpool, layernorm), so those keep the reference loop.
+    - CPU with ``n_jobs > 1``: seeds go to one-thread worker processes when the net is small (a
+      narrow net uses a second intra-op thread badly, and not at all on a busy host) or when the
+      seeds split evenly over the workers (a wide net then scales as well as with threads).
+    """
+    if train.device.type == "cuda":
+        return Plan("stacked", stack_size=n_seeds)
+    flops = count_flops(spec, train.in_channels, train.image_size, train.num_classes)
+    inner = "stacked" if spec.pool == "avgpool" and flops <= STACKED_STEP_MAX_FLOPS else "loop"
+    jobs = min(n_jobs, n_seeds)
+    if jobs > 1 and (flops <= PARALLEL_ALWAYS_MAX_FLOPS or n_seeds % jobs == 0):
+        return Plan("parallel", stack_size=1, n_jobs=jobs, inner=inner)
+    return Plan(inner, stack_size=1)
+
+
+# Forward FLOPs of one image up to which the one-model stacked step beats the reference step on CPU.
+STACKED_STEP_MAX_FLOPS = 20_000_000
+# Up to here a step is overhead-bound: one-thread workers win even when the seeds split unevenly.
+PARALLEL_ALWAYS_MAX_FLOPS = 10_000_000
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def train_many(
+    spec: ArchSpec | str,
+    train: Split,
+    test: Split,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    *,
+    strategy: str = "auto",
+    n_jobs: int = 1,
+    stack_size: int | None = None,
+    options: FastOptions | None = None,
+) -> list[RunOutcome]:
+    """``[train_and_evaluate(spec, train, test, config, s) for s in seeds]``, to float tolerance, faster.
+
+    ``strategy``: one of :data:`STRATEGIES` (``auto``: :func:`choose_plan`). ``n_jobs``: worker
+    processes for ``parallel`` (``-1``: one per core); ``auto`` uses workers only when
+    ``n_jobs > 1``, so inside an evaluator's own worker pass ``n_jobs=1``. ``stack_size``: models per
+    stacked network (default: all seeds for ``stacked``, one inside ``parallel`` workers).
+    Results come back in ``seeds`` order; ``seconds`` of a stacked run is its share of the wall time.
+    """
+    if isinstance(spec, str):
+        spec = ArchSpec.from_id(spec)
+    if strategy not in STRATEGIES:
+        raise UnknownNameError("training strategy", strategy, STRATEGIES)
+    seeds = [int(s) for s in seeds]
+    if len(set(seeds)) != len(seeds):
+        raise NasProxyError(f"seeds must be distinct, got {seeds}")
+    jobs = _cpu_count() if n_jobs == -1 else n_jobs
+    if jobs < 1:
+        raise NasProxyError(f"n_jobs must be -1 or at least 1, got {n_jobs}")
+    if not seeds:
+        return []
+    if strategy == "parallel" and train.device.type != "cpu":
+        raise NasProxyError("strategy 'parallel' runs CPU worker processes; on a GPU use 'stacked' or 'auto'")
+    if strategy == "auto":
+        plan = choose_plan(spec, train, config, len(seeds), jobs)
+        if stack_size is not None:
+            plan = Plan(plan.strategy, stack_size, plan.n_jobs, plan.inner)
+    elif strategy == "parallel":
+        inner = "stacked" if stack_size else choose_plan(spec, train, config, len(seeds), 1).strategy
+        workers = _cpu_count() if n_jobs == 1 else jobs  # asking for 'parallel' asks for workers
+        plan = Plan("parallel", stack_size or 1, max(1, min(workers, len(seeds))), inner)
+    else:
+        plan = Plan(strategy, stack_size or len(seeds))
+    return _run_plan(spec, train, test, config, seeds, plan, options or FastOptions())
+
+
+def train_and_evaluate_fast(
+    spec: ArchSpec | str, train: Split, test: Split, config: TrainConfig, seed: int
+) -> RunOutcome:
+    """Drop-in for ``train_and_evaluate`` (same signature; module-level so loky can pickle it).
+
+    One seed through the ``auto`` plan in this process: e.g. the evaluator's ``trainer=``.
+    """
+    return train_many(spec, train, test, config, [seed], strategy="auto", n_jobs=1)[0]
+
+
+__all__ = [
+    "STRATEGIES",
+    "FastOptions",
+    "Plan",
+    "StackedConvNets",
+    "avg_pool_2x2",
+    "choose_plan",
+    "stacked_accuracy",
+    "train_and_evaluate_fast",
+    "train_many",
+    "train_stacked",
+]

@@ -1,0 +1,149 @@
+"""The fast training paths agree with the plain loop (train.py) to float tolerance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nas_proxy.data import Split, make_synthetic
+from nas_proxy.errors import NasProxyError, UnknownNameError
+from nas_proxy.fast import (
+    STRATEGIES,
+    FastOptions,
+    Plan,
+    avg_pool_2x2,
+    choose_plan,
+    train_and_evaluate_fast,
+    train_many,
+    train_stacked,
+)
+from nas_proxy.models import build_model
+from nas_proxy.space import ArchSpec
+from nas_proxy.train import RunOutcome, TrainConfig, train_and_evaluate, train_model
+
+# One of every norm, every pool, every activation; all tiny.
+SPECS = [
+    "ConvNet-D2-W8-AR-IN-AP",
+    "ConvNet-D2-W4-AS-BN-MP",
+    "ConvNet-D1-W4-AL-LN-NP",
+    "ConvNet-D2-W4-AR-GN-AP",
+    "ConvNet-D1-W4-AR-NN-NP",
+]
+FULL_BATCH = TrainConfig(epochs=6, batch_size=256)  # 100 images: one step an epoch, as the NAS protocol
+MINI_BATCH = TrainConfig(epochs=2, batch_size=32)  # several differently ordered batches per epoch
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[Split, Split]:
+    return make_synthetic(num_classes=10, train_per_class=10, test_per_class=5, seed=1)
+
+
+def assert_same_outcomes(a: list[RunOutcome], b: list[RunOutcome], n_test: int) -> None:
+    assert [o.status for o in a] == [o.status for o in b]
+    assert [o.steps for o in a] == [o.steps for o in b]
+    assert [o.params for o in a] == [o.params for o in b]
+    for x, y in zip(a, b, strict=True):
+        if x.status == "ok":  # float drift may move at most one test image across a boundary
+            assert abs(x.accuracy - y.accuracy) <= 1 / n_test + 1e-9
+
+
+@pytest.mark.parametrize("arch", SPECS)
+@pytest.mark.parametrize("config", [FULL_BATCH, MINI_BATCH], ids=["full-batch", "mini-batch"])
+def test_stacked_training_matches_the_loop_parameter_for_parameter(
+    data: tuple[Split, Split], arch: str, config: TrainConfig
+) -> None:
+    train, _ = data
+    seeds = [0, 5, 7]
+    reference = [build_model(arch, seed=s) for s in seeds]
+    ref_stats = [train_model(m, train, config, s) for m, s in zip(reference, seeds, strict=True)]
+    models = [build_model(arch, seed=s) for s in seeds]
+    _, stats = train_stacked(models, train, config, seeds)
+    assert [s.steps for s in stats] == [s.steps for s in ref_stats]
+    for ref, got in zip(reference, models, strict=True):
+        ref_state, got_state = ref.state_dict(), got.state_dict()
+        assert ref_state.keys() == got_state.keys()
+        for key, value in ref_state.items():  # parameters and BatchNorm running statistics
+            torch.testing.assert_close(got_state[key], value, rtol=1e-4, atol=1e-5, msg=f"{arch} {key}")
+
+
+@pytest.mark.parametrize("arch", SPECS)
+@pytest.mark.parametrize("strategy", ["loop", "stacked"])
+def test_train_many_matches_one_by_one(data: tuple[Split, Split], arch: str, strategy: str) -> None:
+    train, test = data
+    seeds = [3, 1]
+    expected = [train_and_evaluate(arch, train, test, FULL_BATCH, s) for s in seeds]
+    got = train_many(arch, train, test, FULL_BATCH, seeds, strategy=strategy)
+    assert_same_outcomes(expected, got, len(test))
+
+
+def test_stacked_in_chunks_matches(data: tuple[Split, Split]) -> None:
+    train, test = data
+    arch, seeds = SPECS[1], [4, 2, 9]
+    whole = train_many(arch, train, test, FULL_BATCH, seeds, strategy="stacked")
+    chunked = train_many(arch, train, test, FULL_BATCH, seeds, strategy="stacked", stack_size=2)
+    assert_same_outcomes(whole, chunked, len(test))
+
+
+def test_parallel_workers_match_and_keep_seed_order(data: tuple[Split, Split]) -> None:
+    train, test = data
+    arch, seeds = SPECS[0], [8, 2, 5]
+    expected = [train_and_evaluate(arch, train, test, FULL_BATCH, s) for s in seeds]
+    for stack_size in (None, 1):
+        got = train_many(arch, train, test, FULL_BATCH, seeds, strategy="parallel", n_jobs=2, stack_size=stack_size)
+        assert_same_outcomes(expected, got, len(test))
+
+
+def test_divergence_is_reported_per_model(data: tuple[Split, Split]) -> None:
+    train, test = data
+    config = TrainConfig(epochs=10, lr=1e6, momentum=0.0)  # turns non-finite at step 4
+    arch = "ConvNet-D1-W4-AR-NN-NP"
+    expected = [train_and_evaluate(arch, train, test, config, s) for s in (0, 1)]
+    got = train_many(arch, train, test, config, [0, 1], strategy="stacked")
+    assert [o.status for o in got] == [o.status for o in expected] == ["diverged", "diverged"]
+    assert [o.steps for o in got] == [o.steps for o in expected]
+
+
+def test_same_seeds_same_results(data: tuple[Split, Split]) -> None:
+    train, test = data
+    runs = [train_many(SPECS[0], train, test, MINI_BATCH, [0, 1], strategy="stacked") for _ in range(2)]
+    assert [o.accuracy for o in runs[0]] == [o.accuracy for o in runs[1]]
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_auto_picks_a_valid_plan(data: tuple[Split, Split], n_jobs: int) -> None:
+    train, test = data
+    for arch in ("ConvNet-D1-W4-AR-IN-AP", "ConvNet-D4-W256-AR-BN-NP"):
+        plan = choose_plan(ArchSpec.from_id(arch), train, FULL_BATCH, n_seeds=4, n_jobs=n_jobs)
+        assert plan.strategy in STRATEGIES and plan.strategy != "auto"
+        assert plan.strategy != "parallel" or (n_jobs > 1 and plan.n_jobs <= n_jobs)
+    got = train_many(SPECS[0], train, test, FULL_BATCH, [0], strategy="auto")
+    got.append(train_and_evaluate_fast(SPECS[0], train, test, FULL_BATCH, 0))
+    expected = train_and_evaluate(SPECS[0], train, test, FULL_BATCH, 0)
+    assert_same_outcomes([expected, expected], got, len(test))
+
+
+@pytest.mark.parametrize("size", [(2, 3, 8, 8), (2, 5, 7, 6), (1, 2, 4, 10)])
+def test_gemm_avg_pool_equals_avg_pool2d(size: tuple[int, int, int, int]) -> None:
+    x = torch.randn(*size, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    y = torch.randn(*size, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    torch.testing.assert_close(avg_pool_2x2(x), F.avg_pool2d(y, 2, 2))
+    avg_pool_2x2(x).square().sum().backward()  # type: ignore[no-untyped-call]
+    F.avg_pool2d(y, 2, 2).square().sum().backward()  # type: ignore[no-untyped-call]
+    assert x.grad is not None and y.grad is not None
+    torch.testing.assert_close(x.grad, y.grad)
+
+
+def test_bad_arguments_name_the_problem(data: tuple[Split, Split]) -> None:
+    train, test = data
+    with pytest.raises(UnknownNameError, match="strategy"):
+        train_many(SPECS[0], train, test, FULL_BATCH, [0], strategy="warp")
+    with pytest.raises(NasProxyError, match="distinct"):
+        train_many(SPECS[0], train, test, FULL_BATCH, [1, 1])
+    with pytest.raises(NasProxyError, match="n_jobs"):
+        train_many(SPECS[0], train, test, FULL_BATCH, [0], n_jobs=0)
+    with pytest.raises(UnknownNameError, match="compile"):
+        FastOptions(compile="fastest")
+    with pytest.raises(UnknownNameError):
+        Plan("auto")
+    assert train_many(SPECS[0], train, test, FULL_BATCH, []) == []
