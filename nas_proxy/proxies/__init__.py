@@ -13,9 +13,10 @@ from nas_proxy.errors import NasProxyError, UnknownNameError
 from nas_proxy.proxies.artifact import ProxyManifest, ProxySet, load_proxy, save_proxy
 from nas_proxy.proxies.base import ProxyBuilder
 from nas_proxy.proxies.coreset import Forgetting, Herding, KCenter, RandomSelection
+from nas_proxy.proxies.matching import DC, DM, DSA
 
 # name -> builder class; each builder module's classes are imported above and listed here.
-_BUILDER_CLASSES: tuple[type[ProxyBuilder], ...] = (RandomSelection, Herding, KCenter, Forgetting)
+_BUILDER_CLASSES: tuple[type[ProxyBuilder], ...] = (RandomSelection, Herding, KCenter, Forgetting, DC, DSA, DM)
 BUILDERS: dict[str, type[ProxyBuilder]] = {cls.name: cls for cls in _BUILDER_CLASSES}
 
 
