@@ -8,6 +8,7 @@ figures from different hosts never overwrite each other.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -151,3 +152,22 @@ def write_record(
     }
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return stem.with_suffix(".md")
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a benchmark's resumable CSV table (none when it does not exist yet)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_csv_row(path: Path, row: dict[str, Any], columns: list[str]) -> None:
+    """Append one finished row at once, so an interrupted benchmark keeps what it measured."""
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)

@@ -28,7 +28,6 @@ missing random proxy is built (seconds), other methods must be built first
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
@@ -57,6 +56,8 @@ from nas_proxy.search import (
 )
 from nas_proxy.space import ArchSpec, load_space
 from nas_proxy.train import TrainConfig
+
+from _common import append_csv_row, read_csv_rows
 
 DATASET = "fashionmnist"
 COLUMNS = (
@@ -120,23 +121,6 @@ def settings_key(args: argparse.Namespace, proxies: dict[str, ProxySet]) -> str:
         "whole": args.ground_truth or f"refit-{args.refit_subset}-e{args.refit_epochs}",
     }  # fmt: skip
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
 
 
 def run_one(
@@ -278,18 +262,18 @@ def main(argv: list[str] | None = None) -> int:
         whole = WholeData(gt, train, test, args)
         key = settings_key(args, proxies)
         csv_path = out.with_suffix(".csv")
-        done = {(r["strategy"], r["seed"]) for r in read_rows(csv_path) if r["settings"] == key}
+        done = {(r["strategy"], r["seed"]) for r in read_csv_rows(csv_path) if r["settings"] == key}
         for seed in args.seeds:
             for s in strategies:
                 if (s.name, str(seed)) in done:
                     continue
                 row = run_one(s, seed, proxies[s.source], test, whole, args)
                 row["settings"] = key
-                append_row(csv_path, row)
+                append_csv_row(csv_path, row, COLUMNS)
                 print(f"{s.name:<14} seed {seed}: best {row['best_arch']}  proxy {row.get('proxy_acc', '-')} %  "
                       f"whole {row.get('whole_acc', '-')} %  rank {row.get('gt_rank', '-')}  "
                       f"[{row['trained']} trained, {row['search_seconds']} s]", flush=True)
-        rows = [r for r in read_rows(csv_path) if r["settings"] == key]
+        rows = [r for r in read_csv_rows(csv_path) if r["settings"] == key]
         write_markdown(out.with_suffix(".md"), rows, args, command)
         print(out.with_suffix(".md").read_text())
     except NasProxyError as exc:
