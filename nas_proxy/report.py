@@ -34,7 +34,7 @@ from nas_proxy.metrics import (
 )
 from nas_proxy.store import ResultsStore, open_store
 
-KIND_ORDER = {"proxy": 0, "early": 1, "full": 2, "ranker": 3}
+KIND_ORDER = {"proxy": 0, "early": 1, "full": 2, "ranker": 3, "combined": 4}
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,37 @@ def _ranker_columns(store: ResultsStore, protocol: dict[str, Any], arch_ids: Seq
     return out
 
 
+def _combined_columns(columns: Sequence[Column], partner: str) -> list[Column]:
+    """Each proxy's accuracy rank-averaged with one zero-cost ranker fixed in advance (issue 7).
+
+    The partner is a constant (``zero_cost.DEFAULT_COMBINED_RANKER``), never chosen by looking at
+    the ground truth the column is judged against. Cost and storage are the sum of both parts.
+    """
+    from nas_proxy.zero_cost import rank_average
+
+    ranker = next((c for c in columns if c.kind == "ranker" and c.label == partner), None)
+    if ranker is None:
+        return []
+    out = []
+    for c in columns:
+        if c.kind != "proxy":
+            continue
+        combined = rank_average(c.scores.to_dict(), ranker.scores.to_dict())
+        series = pd.Series(combined, dtype=float).dropna().sort_index()
+        cost = Cost(
+            c.cost.seconds + ranker.cost.seconds,
+            c.cost.wall_seconds + ranker.cost.wall_seconds,
+            c.cost.images,
+            c.cost.bytes,
+        )
+        out.append(
+            Column(
+                f"combined:{c.id}+{partner}", f"{c.label} + {partner}", "combined", series, cost, {"ok": len(series)}
+            )
+        )
+    return out
+
+
 def build_report(
     run_dir: str | Path,
     *,
@@ -158,7 +189,10 @@ def build_report(
     truth = full.scores if full is not None else None
     arch_ids = sorted({i for c in columns for i in c.scores.index})
     if rankers:
+        from nas_proxy.zero_cost import DEFAULT_COMBINED_RANKER
+
         columns += _ranker_columns(store, protocol, list(truth.index) if truth is not None else arch_ids)
+        columns += _combined_columns(columns, DEFAULT_COMBINED_RANKER)
     if truth is None:
         notes.append(
             "no whole-data runs in this store: correlations and performance need `evaluate --full` "
@@ -297,7 +331,9 @@ def _markdown(report: Report) -> str:
         "with percentile-bootstrap 95% intervals (candidates resampled). A diverged run counts as accuracy 0; "
         "failed runs (and a ranker's failed or overflowing scores) are left out. Time cost: summed training "
         "seconds (scoring seconds for rankers); wall time: time while any of the column's runs was going; build "
-        "time: making the proxy set, not included in time cost. Rankers need no training and store nothing.",
+        "time: making the proxy set, not included in time cost. Rankers need no training and store nothing. "
+        "'<proxy> + synflow': the mean of the proxy's accuracy rank and synflow's rank, synflow fixed in advance "
+        "from the literature (never picked on this ground truth); its cost is the sum of both.",
     ]
     lines += [f"\nNote: {note}" for note in report.notes]
     return "\n".join(lines) + "\n"

@@ -92,6 +92,7 @@ def test_table_values_match_scipy_and_columns_follow_the_paper(tmp_path: Path) -
         "params",
         "flops",
         "synflow",
+        "random ipc1 + synflow",
     ]
     m = report.metrics.set_index("column")
     assert m.loc["random-ipc1-s0-abcd", "spearman_all"] == pytest.approx(stats.spearmanr(PROXY, FULL).statistic)
@@ -111,6 +112,19 @@ def test_table_values_match_scipy_and_columns_follow_the_paper(tmp_path: Path) -
     assert report.table.loc["Performance (%)", "random ipc1"] == "90.00"
     low, high = m.loc["random-ipc1-s0-abcd", ["spearman_all_low", "spearman_all_high"]]
     assert low <= m.loc["random-ipc1-s0-abcd", "spearman_all"] <= high
+
+
+def test_combined_column_rank_averages_the_proxy_with_synflow(tmp_path: Path) -> None:
+    _make_store(tmp_path)
+    report = build_report(tmp_path, topk=("all",), n_boot=50, seed=0)
+    col = next(c for c in report.columns if c.kind == "combined")
+    assert col.id == "combined:random-ipc1-s0-abcd+synflow"
+    # Ranks (1 = worst): proxy [4, 5, 2, 6, 1, 3], synflow (scores 0..5) [1, 2, 3, 4, 5, 6]; mean of the two.
+    want = [(p + s) / 2 for p, s in zip([4, 5, 2, 6, 1, 3], [1, 2, 3, 4, 5, 6], strict=True)]
+    assert [col.scores[a] for a in IDS] == pytest.approx(want)
+    m = report.metrics.set_index("column")
+    assert m.loc[col.id, "spearman_all"] == pytest.approx(stats.spearmanr(want, FULL).statistic)
+    assert m.loc[col.id, "images"] == 10  # storage of the proxy; the ranker stores nothing
 
 
 def test_write_report_writes_tables_and_figures(tmp_path: Path) -> None:
