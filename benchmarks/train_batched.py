@@ -33,14 +33,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Comparison, Timer, describe, machine, write_record
-
 from nas_proxy.data import Split, load_dataset, make_synthetic
 from nas_proxy.device import resolve_device
 from nas_proxy.fast import choose_plan, train_many, train_stacked
 from nas_proxy.models import build_model, count_flops
 from nas_proxy.space import ArchSpec
 from nas_proxy.train import TrainConfig
+
+from _common import Comparison, Timer, describe, machine, write_record
 
 
 @dataclass(frozen=True)
