@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -171,3 +172,14 @@ def append_csv_row(path: Path, row: dict[str, Any], columns: list[str]) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def record_target(out: Path | None, *, smoke: bool, quick: bool, synthetic: bool) -> tuple[Path, str]:
+    """Where a benchmark writes its record, and the file suffix that says how it was run.
+
+    Smoke runs go to the temp folder so they never land in results/ by accident.
+    """
+    out_dir = out or (Path(tempfile.gettempdir()) / "nas-proxy-benchmarks" if smoke else RESULTS_DIR)
+    suffix = "-smoke" if smoke else "-quick" if quick else ""
+    suffix += "-synthetic" if synthetic and not smoke else ""
+    return out_dir, suffix

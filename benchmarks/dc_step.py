@@ -31,7 +31,6 @@ import argparse
 import copy
 import math
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ from nas_proxy.models import build_model
 from nas_proxy.proxies.matching import DC, default_loops
 from nas_proxy.space import DEFAULT_ARCH, ArchSpec
 
-from _common import RESULTS_DIR, Comparison, Timer, describe, machine, write_record
+from _common import Comparison, Timer, describe, machine, record_target, write_record
 
 
 @dataclass(frozen=True)
@@ -385,9 +384,7 @@ def run(args: argparse.Namespace) -> int:
         "synthetic": args.synthetic,
         "seed": args.seed,
     }
-    out_dir = args.out or (Path(tempfile.gettempdir()) / "nas-proxy-benchmarks" if args.smoke else RESULTS_DIR)
-    suffix = "-smoke" if args.smoke else "-quick" if args.quick else ""
-    suffix += "-synthetic" if args.synthetic and not args.smoke else ""
+    out_dir, suffix = record_target(args.out, smoke=args.smoke, quick=args.quick, synthetic=args.synthetic)
     path = write_record("dc_step", info, comparisons, settings, notes, out_dir=out_dir, suffix=suffix)
     print(f"wrote {path}")
     for c in comparisons:

@@ -54,7 +54,7 @@ from nas_proxy.errors import NasProxyError
 from nas_proxy.models import build_model
 from nas_proxy.train import TrainConfig
 
-from _common import RESULTS_DIR, Comparison, describe, machine, write_record
+from _common import Comparison, describe, machine, record_target, write_record
 
 TRAINERS: dict[str, str] = {
     "plain": "nas_proxy.train.train_and_evaluate",
@@ -422,9 +422,7 @@ def run(args: argparse.Namespace) -> int:
         "synthetic": args.synthetic,
         "seed": args.seed,
     }
-    out_dir = args.out or (Path(tempfile.gettempdir()) / "nas-proxy-benchmarks" if args.smoke else RESULTS_DIR)
-    suffix = "-smoke" if args.smoke else "-quick" if args.quick else ""
-    suffix += "-synthetic" if args.synthetic and not args.smoke else ""
+    out_dir, suffix = record_target(args.out, smoke=args.smoke, quick=args.quick, synthetic=args.synthetic)
     path = write_record("sweep", info, comparisons, settings, notes, out_dir=out_dir, suffix=suffix)
     print(f"wrote {path}")
     print(
