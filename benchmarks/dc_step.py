@@ -184,9 +184,12 @@ def reference_dc(train: Split, s: DCSettings) -> tuple[torch.Tensor, list[float]
 # ----------------------------------------------------------------------------- ours
 
 
-def project_dc(train: Split, s: DCSettings) -> tuple[torch.Tensor, list[tuple[int, float]]]:
+def project_dc(
+    train: Split, s: DCSettings, real_dtype: str = "float32"
+) -> tuple[torch.Tensor, list[tuple[int, float]]]:
     """``nas_proxy``'s DC build; returns its images and loss history ``[(iteration, mean loss)]``."""
     builder = DC(
+        real_dtype=real_dtype,  # type: ignore[arg-type]
         ipc=s.ipc,
         seed=s.seed,
         iterations=s.iterations,
@@ -268,6 +271,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inner-loop", type=int, default=None, help="override the reference table's inner loop")
     p.add_argument("--batch-real", type=int, default=None, help="real images per class and step (default 256)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--real-dtype",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        choices=["float32", "bfloat16"],
+        help="our real-gradient dtypes to time against the one float32 reference (default both)",
+    )
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the loss and image checks")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", type=Path, default=None, help="record folder (default results/benchmarks; smoke: /tmp)")
@@ -290,40 +300,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- main
 
 
-def compare(train: Split, s: DCSettings, rtol: float) -> Comparison:
-    """Run the reference, then ours, from the same seed; time both and compare their results."""
+def compare(train: Split, s: DCSettings, rtol: float, dtypes: Sequence[str]) -> list[Comparison]:
+    """Run the reference once, then ours for each real-gradient dtype, from the same seed; compare."""
     device = train.device
     _sync(device)
     with Timer() as ref_t:
         ref_images, ref_losses = reference_dc(train, s)
         _sync(device)
-    with Timer() as ours_t:
-        our_images, history = project_dc(train, s)
-        _sync(device)
-    ref_curve = windows(ref_losses, history)
-    our_curve = [v for _, v in history]
-    loss_diff = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(our_curve, ref_curve, strict=True))
-    image_diff = float((our_images - ref_images).abs().max() / ref_images.abs().max().clamp_min(1e-12))
-    # History values are rounded to 6 decimals; tiny absolute differences are that rounding.
-    losses_equal = all(
-        math.isclose(a, b, rel_tol=rtol, abs_tol=2e-6) for a, b in zip(our_curve, ref_curve, strict=True)
-    )
-    equal = losses_equal and image_diff <= rtol
-    details = {
-        "iterations": s.iterations,
-        "outer_loop": s.outer_loop,
-        "inner_loop": s.inner_loop,
-        "batch_real": s.batch_real,
-        "arch": s.arch,
-        "ref_s_per_it": round(ref_t.seconds / s.iterations, 4),
-        "ours_s_per_it": round(ours_t.seconds / s.iterations, 4),
-        "loss_first": round(ref_losses[0], 5),
-        "loss_last": round(ref_losses[-1], 5),
-        "max_rel_loss_diff": f"{loss_diff:.1e}",
-        "max_rel_image_diff": f"{image_diff:.1e}",
-    }
-    # Seconds per iteration on both sides: the ratio is the same as of the totals.
-    return Comparison(f"dc-ipc{s.ipc}", ref_t.seconds / s.iterations, ours_t.seconds / s.iterations, equal, details)
+    out = []
+    for dtype in dtypes:
+        with Timer() as ours_t:
+            our_images, history = project_dc(train, s, dtype)
+            _sync(device)
+        ref_curve = windows(ref_losses, history)
+        our_curve = [v for _, v in history]
+        loss_diff = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(our_curve, ref_curve, strict=True))
+        image_diff = float((our_images - ref_images).abs().max() / ref_images.abs().max().clamp_min(1e-12))
+        # History values are rounded to 6 decimals; tiny absolute differences are that rounding.
+        losses_equal = all(
+            math.isclose(a, b, rel_tol=rtol, abs_tol=2e-6) for a, b in zip(our_curve, ref_curve, strict=True)
+        )
+        equal = losses_equal and image_diff <= rtol
+        details = {
+            "iterations": s.iterations,
+            "outer_loop": s.outer_loop,
+            "inner_loop": s.inner_loop,
+            "batch_real": s.batch_real,
+            "arch": s.arch,
+            "real_dtype": dtype,
+            "ref_s_per_it": round(ref_t.seconds / s.iterations, 4),
+            "ours_s_per_it": round(ours_t.seconds / s.iterations, 4),
+            "loss_first": round(ref_losses[0], 5),
+            "loss_last": round(ref_losses[-1], 5),
+            "max_rel_loss_diff": f"{loss_diff:.1e}",
+            "max_rel_image_diff": f"{image_diff:.1e}",
+        }
+        name = f"dc-ipc{s.ipc}" + ("" if dtype == "float32" else f"-{dtype}")
+        # Seconds per iteration on both sides: the ratio is the same as of the totals.
+        out.append(Comparison(name, ref_t.seconds / s.iterations, ours_t.seconds / s.iterations, equal, details))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,16 +371,18 @@ def run(args: argparse.Namespace) -> int:
     for k in args.ipc:
         s = settings_for(args, k)
         print(f"ipc {k}: {s.iterations} iterations, outer {s.outer_loop}, inner {s.inner_loop} ...", flush=True)
-        c = compare(train, s, args.rtol)
-        comparisons.append(c)
-        print(c.result_line(), c.details, flush=True)
+        for c in compare(train, s, args.rtol, args.real_dtype):
+            comparisons.append(c)
+            print(c.result_line(), c.details, flush=True)
 
     info_after = machine(device)
     notes = [
         f"data: {data_text}; matching net {args.arch}; noise init, the DC builder's defaults otherwise",
         "reference: the authors' DC loop written out in this file (real gradient over every parameter, "
         "per-parameter distance loop, loss.backward(), loss.item() per outer step, plain inner loop); "
-        "ours: nas_proxy.proxies.matching.DC(...).build(train); same seed, same generator draws",
+        "ours: nas_proxy.proxies.matching.DC(...).build(train); same seed, same generator draws; "
+        "dc-ipcK-bfloat16 is ours with real_dtype=bfloat16 (the real-gradient pass under bfloat16 autocast) "
+        "against the same float32 reference",
         "seconds are per DC iteration (total / iterations); one untimed warm-up iteration of each first",
         f"equal: every logged loss within rel {args.rtol} and the final images within {args.rtol} of max |x|",
         f"torch threads: {torch.get_num_threads()}; load average after the run: {info_after['load_average']}",
@@ -383,6 +400,7 @@ def run(args: argparse.Namespace) -> int:
         "smoke": args.smoke,
         "synthetic": args.synthetic,
         "seed": args.seed,
+        "real_dtype": args.real_dtype,
     }
     out_dir, suffix = record_target(args.out, smoke=args.smoke, quick=args.quick, synthetic=args.synthetic)
     path = write_record("dc_step", info, comparisons, settings, notes, out_dir=out_dir, suffix=suffix)

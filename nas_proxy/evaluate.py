@@ -29,6 +29,7 @@ import torch
 from nas_proxy.data import Split
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
+from nas_proxy.fast import keep_freed_memory
 from nas_proxy.proxies.artifact import ProxySet
 from nas_proxy.space import ArchSpec
 from nas_proxy.store import STORE_FORMAT, ResultsStore, RunRow, ScoreRow, now_iso
@@ -219,8 +220,9 @@ def _run_job(
     trainer: Trainer,
 ) -> RunRow:
     """One training run; any exception becomes a 'failed' row so the sweep goes on."""
-    if threads is not None:
+    if threads is not None:  # a worker process of ours
         torch.set_num_threads(threads)
+        keep_freed_memory()
     started = now_iso()
     try:
         out = trainer(job.arch_id, _materialize(train, device), _materialize(test, device), job.config, job.seed)

@@ -382,12 +382,13 @@ def stacked_accuracy(net: StackedConvNets, split: Split, batch_size: int = 2048)
     return [c / max(len(split), 1) for c in correct.tolist()]
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Stop glibc from handing activation buffers back to the OS after every step (Linux only).
 
     A narrow net's activations are a few MB each: above glibc's mmap threshold, so every step maps
     fresh pages and faults them in, zeroed, which costs as much as the arithmetic (seen as slow
-    ``threshold_backward`` and ``fill_`` in a profile). Worker processes are ours to tune.
+    ``threshold_backward`` and ``fill_`` in a profile). Worker processes are ours to tune (this
+    one and the evaluator's); a user's own process is left alone.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -402,7 +403,7 @@ def _worker_task(
     spec: ArchSpec, train: Split, test: Split, config: TrainConfig, seeds: list[int], plan: Plan, options: FastOptions
 ) -> list[RunOutcome]:
     torch.set_num_threads(1)  # one core per worker: narrow nets use a second thread badly
-    _keep_freed_memory()
+    keep_freed_memory()
     return _run_plan(spec, train, test, config, seeds, plan, options)
 
 
@@ -568,6 +569,7 @@ __all__ = [
     "StackedConvNets",
     "avg_pool_2x2",
     "choose_plan",
+    "keep_freed_memory",
     "stacked_accuracy",
     "train_and_evaluate_fast",
     "train_many",

@@ -165,6 +165,45 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
+def paired_difference(
+    a: pd.Series,
+    b: pd.Series,
+    truth: pd.Series,
+    method: str = "spearman",
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Interval:
+    """``corr(a, truth) - corr(b, truth)`` over the candidates all three score, with a paired bootstrap.
+
+    Each resample draws one set of candidates and scores both rankers on it, so the interval is
+    of the difference itself (their errors are correlated: same candidates, same ground truth),
+    not of two independent intervals side by side.
+    """
+    ok = a.notna() & np.isfinite(a.astype(float))
+    common = sorted(set(a.index[ok]) & set(b.dropna().index) & set(truth.index))
+    x, y, t = (s[common].astype(float).to_numpy() for s in (a, b, truth))
+    value = correlation(x, t, method) - correlation(y, t, method)
+    n = len(common)
+    if math.isnan(value) or n_boot < 1:
+        return Interval(value, float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    if method == "spearman":
+        diffs = _spearman_rows(x[idx], t[idx]) - _spearman_rows(y[idx], t[idx])
+    elif method == "kendall" and n <= _KENDALL_VECTOR_MAX:
+        diffs = _kendall_rows(x[idx], t[idx]) - _kendall_rows(y[idx], t[idx])
+    else:
+        diffs = np.array([correlation(x[i], t[i], method) - correlation(y[i], t[i], method) for i in idx])
+    diffs = diffs[np.isfinite(diffs)]
+    if len(diffs) == 0:
+        return Interval(value, float("nan"), float("nan"))
+    alpha = (1 - level) / 2
+    low, high = np.quantile(diffs, [alpha, 1 - alpha])
+    return Interval(value, float(low), float(high))
+
+
 def candidate_scores(rows: pd.DataFrame) -> pd.Series:
     """Mean accuracy per architecture id over seeds: diverged runs count 0, failed runs are left out.
 

@@ -30,6 +30,7 @@ from nas_proxy.metrics import (
     baseline_scores,
     candidate_scores,
     compare,
+    paired_difference,
     run_cost,
 )
 from nas_proxy.store import ResultsStore, open_store
@@ -64,6 +65,9 @@ class Report:
     metrics: pd.DataFrame
     protocol: dict[str, Any]
     notes: tuple[str, ...] = field(default=())
+    # Spearman over all candidates minus the random proxy's, paired bootstrap: (column label, interval).
+    versus_random: tuple[tuple[str, Interval], ...] = field(default=())
+    random_label: str = ""
 
     def markdown(self) -> str:
         return _markdown(self)
@@ -208,7 +212,35 @@ def build_report(
     labels = _unique_labels(compared)
     table = _display_table(compared, labels, tuple(topk))
     metrics = _metrics_frame(compared, labels, tuple(topk))
-    return Report(store.root, tuple(compared), truth, tuple(topk), table, metrics, protocol, tuple(notes))
+    versus: list[tuple[str, Interval]] = []
+    random_label = ""
+    base = _random_proxy(compared, protocol)
+    if base is not None and truth is not None:
+        random_label = labels[compared.index(base)]
+        for c, label in zip(compared, labels, strict=True):
+            if c is not base and c.kind != "full":
+                versus.append((label, paired_difference(c.scores, base.scores, truth, n_boot=n_boot, seed=seed)))
+    return Report(
+        store.root,
+        tuple(compared),
+        truth,
+        tuple(topk),
+        table,
+        metrics,
+        protocol,
+        tuple(notes),
+        tuple(versus),
+        random_label,
+    )
+
+
+def _random_proxy(columns: Sequence[Column], protocol: dict[str, Any]) -> Column | None:
+    """The baseline every proxy must beat: the random-selection proxy (the largest ipc if several)."""
+    sources = protocol.get("sources", {})
+    randoms = [c for c in columns if c.kind == "proxy" and sources.get(c.id, {}).get("method") == "random"]
+    if not randoms:
+        return None
+    return max(randoms, key=lambda c: int(sources[c.id].get("ipc") or 0))
 
 
 def _unique_labels(columns: Sequence[Column]) -> list[str]:
@@ -336,6 +368,20 @@ def _markdown(report: Report) -> str:
         "from the literature (never picked on this ground truth); its cost is the sum of both.",
     ]
     lines += [f"\nNote: {note}" for note in report.notes]
+    if report.versus_random:
+        lines += [
+            "",
+            f"## Against the random proxy ({report.random_label})",
+            "",
+            f"Spearman over all candidates minus {report.random_label}'s, with a paired bootstrap 95% interval "
+            "(both rankers scored on the same resampled candidates). 'yes' where the interval excludes 0.",
+            "",
+            "| column | Spearman difference [95% interval] | beyond noise |",
+            "|---|---|---|",
+        ]
+        for label, iv in report.versus_random:
+            sure = "n/a" if math.isnan(iv.low) else ("yes" if iv.low > 0 or iv.high < 0 else "no")
+            lines.append(f"| {label} | {iv.format()} | {sure} |")
     return "\n".join(lines) + "\n"
 
 
@@ -418,6 +464,20 @@ def write_report(report: Report, out_dir: str | Path | None = None, *, figures: 
         written.append(out / name)
     report.table.to_csv(out / "report.csv", index_label="metric")
     report.metrics.to_csv(out / "metrics.csv", index=False)
+    if report.versus_random:
+        pd.DataFrame(
+            [
+                {
+                    "column": label,
+                    "versus": report.random_label,
+                    "spearman_diff": iv.value,
+                    "low": iv.low,
+                    "high": iv.high,
+                }
+                for label, iv in report.versus_random
+            ]
+        ).to_csv(out / "versus_random.csv", index=False)
+        written.append(out / "versus_random.csv")
     cand = pd.DataFrame({lab: c.scores for c, lab in zip(report.columns, labels, strict=True)})
     cand.index.name = "arch_id"
     cand.to_csv(out / "candidates.csv")

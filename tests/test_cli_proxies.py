@@ -54,6 +54,7 @@ def test_interrupted_build_keeps_a_checkpoint_and_resumes(
     code, _, err = _build(capsys, tmp_path / "ref.npz", *args)
     assert code == 0, err
     reference = load_proxy(tmp_path / "ref.npz")
+    monkeypatch.setenv("NAS_PROXY_CACHE", str(tmp_path / "fresh-cache"))  # the counts must be trained again
 
     real = coreset.record_presentation
     calls = [0]

@@ -9,6 +9,7 @@ import torch
 from nas_proxy.data import Split, cache_dir
 from nas_proxy.errors import NasProxyError
 from nas_proxy.models import build_model
+from nas_proxy.proxies import coreset as coreset_module
 from nas_proxy.proxies import embedding as embedding_module
 from nas_proxy.proxies import get_builder
 from nas_proxy.proxies.coreset import (
@@ -176,7 +177,7 @@ def test_herding_and_kcenter_share_one_cached_embedding(
     a = get_builder("herding", **settings).build(train)
     b = get_builder("kcenter", **settings).build(train)
     assert calls == ["train"]
-    assert len(list((cache_dir() / "embeddings").glob("*.npy"))) == 1
+    assert len(list((cache_dir() / "embeddings").glob("*.npz"))) == 1
     assert a.manifest.extra["embedding_cached"] is False and b.manifest.extra["embedding_cached"] is True
     assert a.manifest.extra["embedding_key"] == b.manifest.extra["embedding_key"]
     # The first centre nearest the mean is herding's first pick too.
@@ -186,12 +187,38 @@ def test_herding_and_kcenter_share_one_cached_embedding(
     assert calls == ["train", "train"]  # other settings, other key
 
 
+def test_forgetting_counts_are_cached_across_ipc(
+    tiny_data: tuple[Split, Split], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, _ = tiny_data
+    calls: list[str] = []
+    real = coreset_module.train_resumable
+
+    def counting(*args: object, **kwargs: object) -> embedding_module.TrainRun:
+        calls.append("train")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(coreset_module, "train_resumable", counting)
+    one = Forgetting(ipc=1, seed=0, arch=SMALL, epochs=2).build(train)
+    two = Forgetting(ipc=2, seed=0, arch=SMALL, epochs=2).build(train)
+    assert calls == ["train"]
+    assert one.manifest.extra["counts_cached"] is False and two.manifest.extra["counts_cached"] is True
+    assert one.manifest.extra["never_learned"] == two.manifest.extra["never_learned"]
+    # A cached build selects exactly what a fresh one does.
+    monkeypatch.setenv("NAS_PROXY_CACHE", str(cache_dir() / "elsewhere"))
+    fresh = Forgetting(ipc=2, seed=0, arch=SMALL, epochs=2).build(train)
+    assert calls == ["train", "train"]
+    assert fresh.manifest.content_hash == two.manifest.content_hash
+    Forgetting(ipc=1, seed=1, arch=SMALL, epochs=2).build(train)
+    assert calls == ["train", "train", "train"]  # another seed, another training
+
+
 def test_damaged_embedding_cache_is_recomputed(tiny_data: tuple[Split, Split]) -> None:
     train, _ = tiny_data
     first = embedding_features(train, SMALL, 1, seed=0)
     assert not first.cached and first.train_seconds > 0
     assert embedding_features(train, SMALL, 1, seed=0).cached
-    (path,) = (cache_dir() / "embeddings").glob("*.npy")
+    (path,) = (cache_dir() / "embeddings").glob("*.npz")
     path.write_bytes(path.read_bytes()[:100])
     again = embedding_features(train, SMALL, 1, seed=0)
     assert not again.cached and torch.equal(first.features, again.features)

@@ -131,6 +131,7 @@ def test_defaults_are_the_papers() -> None:
         ("dc", {"init": "zeros"}, "init must be noise or real"),
         ("dc", {"distance": "l1"}, "unknown distance 'l1'"),
         ("dc", {"arch": "ConvNet-D3-W8-ZZ-IN-AP"}, "ZZ"),
+        ("dc", {"real_dtype": "float16"}, "real_dtype must be one of float32, bfloat16"),
         ("dsa", {"strategy": "crop_blur"}, "unknown augmentation 'blur'"),
         ("dm", {"batch_real": 0}, "batch_real must be a positive integer"),
         ("dm", {"strategy": "twist"}, "unknown augmentation 'twist'"),
@@ -288,6 +289,17 @@ def test_dc_reduces_the_gradient_matching_loss(data: Split) -> None:
     assert after < 0.8 * before, (before, after)
     history = proxy.manifest.extra["loss_history"]
     assert len(history) == 40 and history[-1][0] == 40
+
+
+def test_bfloat16_real_gradients_follow_the_float32_loss(data: Split) -> None:
+    exact = DC(ipc=1, seed=0, iterations=3, arch=ARCH, batch_real=12).build(data)
+    fast = DC(ipc=1, seed=0, iterations=3, arch=ARCH, batch_real=12, real_dtype="bfloat16").build(data)
+    assert fast.manifest.params["real_dtype"] == "bfloat16"
+    a = [v for _, v in exact.manifest.extra["loss_history"]]
+    b = [v for _, v in fast.manifest.extra["loss_history"]]
+    assert a != b  # it did take another path
+    assert a == pytest.approx(b, rel=2e-2)
+    assert torch.allclose(exact.images, fast.images, atol=5e-2)
 
 
 def _dm_loss(images: torch.Tensor, data: Split, ipc: int, nets: int = 6) -> float:

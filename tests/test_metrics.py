@@ -20,6 +20,7 @@ from nas_proxy.metrics import (
     compare,
     correlation,
     interval_union_seconds,
+    paired_difference,
     pick,
     top_k_ids,
     topk_size,
@@ -112,6 +113,21 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_estimate() -> None:
     lo, hi = bootstrap_interval(x, y, "kendall", n_boot=200, seed=7)
     assert lo < correlation(x, y, "kendall") < hi
     assert bootstrap_interval(x, y, "spearman", n_boot=300, seed=8) != a
+
+
+def test_paired_difference_is_the_difference_of_correlations() -> None:
+    worse = pd.Series([0.1, 0.6, 0.2, 0.5, 0.4, 0.3, 0.8, 0.7], index=IDS)
+    iv = paired_difference(PROXY, worse, TRUTH, n_boot=500, seed=0)
+    want = stats.spearmanr(PROXY, TRUTH).statistic - stats.spearmanr(worse, TRUTH).statistic
+    assert iv.value == pytest.approx(want)
+    assert iv.low <= iv.value <= iv.high
+    assert iv == paired_difference(PROXY, worse, TRUTH, n_boot=500, seed=0)  # seeded
+    same = paired_difference(PROXY, PROXY, TRUTH, n_boot=100, seed=0)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)  # paired: no spurious spread
+    kendall = paired_difference(PROXY, worse, TRUTH, "kendall", n_boot=100, seed=0)
+    assert kendall.value == pytest.approx(
+        stats.kendalltau(PROXY, TRUTH).statistic - stats.kendalltau(worse, TRUTH).statistic
+    )
 
 
 def test_vectorized_spearman_equals_scipy_per_resample() -> None:

@@ -30,6 +30,8 @@ def _make_store(root: Path, with_full: bool = True) -> ResultsStore:
     sources = {
         "random-ipc1-s0-abcd": {
             "kind": "proxy",
+            "method": "random",
+            "ipc": 1,
             "label": "random ipc1",
             "config_hash": "p",
             "images": 10,
@@ -112,6 +114,21 @@ def test_table_values_match_scipy_and_columns_follow_the_paper(tmp_path: Path) -
     assert report.table.loc["Performance (%)", "random ipc1"] == "90.00"
     low, high = m.loc["random-ipc1-s0-abcd", ["spearman_all_low", "spearman_all_high"]]
     assert low <= m.loc["random-ipc1-s0-abcd", "spearman_all"] <= high
+
+
+def test_every_column_is_compared_with_the_random_proxy_by_a_paired_difference(tmp_path: Path) -> None:
+    _make_store(tmp_path)
+    report = build_report(tmp_path, topk=("all",), n_boot=200, seed=0)
+    assert report.random_label == "random ipc1"
+    versus = dict(report.versus_random)
+    assert "random ipc1" not in versus and "whole data" not in versus
+    base = stats.spearmanr(PROXY, FULL).statistic
+    early = versus["early stopping (1 steps)"]
+    assert early.value == pytest.approx(stats.spearmanr(EARLY, FULL).statistic - base)
+    assert early.low <= early.value <= early.high
+    md = report.markdown()
+    assert "## Against the random proxy (random ipc1)" in md
+    assert f"| early stopping (1 steps) | {early.format()} |" in md
 
 
 def test_combined_column_rank_averages_the_proxy_with_synflow(tmp_path: Path) -> None:

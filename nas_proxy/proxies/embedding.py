@@ -4,7 +4,9 @@ Herding and k-center select in the feature space of a ConvNet trained on the who
 (REFERENCE.md section 4; the extractor's details are UNCONFIRMED in the paper). Training it is
 the expensive part, so the features are cached on disk under ``cache_dir()/embeddings``, keyed by
 everything that determines them: the training set's content, the architecture, the epochs, the
-seed and the training protocol. Herding and k-center with the same settings train it once.
+seed and the training protocol. Herding and k-center with the same settings train it once;
+forgetting caches its counts the same way (:func:`load_cached` / :func:`save_cached`), so ipc 1
+and ipc 10 share one training.
 
 :func:`train_resumable` is the one training loop both this module and forgetting use: the
 reference protocol (``TrainConfig``), a per-batch hook, a tqdm bar, and a checkpoint written
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,9 +188,9 @@ class Embedding:
     train_seconds: float  # of the extractor's training (all sessions); 0 when read from the cache
 
 
-def embedding_key(train: Split, arch: str, epochs: int, seed: int, config: TrainConfig) -> str:
-    """Cache key: everything that determines the trained extractor's features."""
-    blob = {
+def run_key(train: Split, arch: str, epochs: int, seed: int, config: TrainConfig, kind: str = "features") -> str:
+    """Cache key of what a whole-data training yields: the data, the net, its training, and ``kind``."""
+    blob: dict[str, Any] = {
         "dataset": train.dataset,
         "data": split_hash(train),
         "arch": ArchSpec.from_id(arch).id,
@@ -195,7 +198,45 @@ def embedding_key(train: Split, arch: str, epochs: int, seed: int, config: Train
         "seed": seed,
         "config": config.hash,
     }
+    if kind != "features":  # features were cached before kinds existed: their keys stay valid
+        blob["kind"] = kind
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def embedding_key(train: Split, arch: str, epochs: int, seed: int, config: TrainConfig) -> str:
+    """Cache key: everything that determines the trained extractor's features."""
+    return run_key(train, arch, epochs, seed, config)
+
+
+def load_cached(folder: str, key: str, rows: int) -> dict[str, torch.Tensor] | None:
+    """Per-example arrays cached under ``cache_dir()/folder/key.npz``, or None.
+
+    Every array must have ``rows`` rows; a damaged or mismatched entry is deleted (and so
+    recomputed), never trusted.
+    """
+    path = cache_dir() / folder / f"{key}.npz"
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as blob:
+            arrays = {name: torch.from_numpy(blob[name].copy()) for name in blob.files}
+        if arrays and all(a.ndim >= 1 and a.shape[0] == rows for a in arrays.values()):
+            return arrays
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        pass
+    path.unlink(missing_ok=True)
+    return None
+
+
+def save_cached(folder: str, key: str, arrays: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write ``arrays`` atomically to ``cache_dir()/folder/key.npz`` with a readable ``key.json`` beside."""
+    where = cache_dir() / folder
+    where.mkdir(parents=True, exist_ok=True)
+    tmp = where / f"{key}.tmp.npz"
+    blobs: dict[str, Any] = {name: a.detach().cpu().numpy() for name, a in arrays.items()}
+    np.savez(tmp, **blobs)
+    tmp.replace(where / f"{key}.npz")
+    (where / f"{key}.json").write_text(json.dumps(meta, sort_keys=True))
 
 
 def embedding_features(
@@ -216,27 +257,16 @@ def embedding_features(
     """
     config = TrainConfig(epochs=epochs)
     key = embedding_key(train, arch, epochs, seed, config)
-    folder = cache_dir() / "embeddings"
-    path = folder / f"{key}.npy"
-    if cache and path.exists():
-        try:
-            feats = torch.from_numpy(np.load(path, allow_pickle=False))
-            if feats.ndim == 2 and feats.shape[0] == len(train) and feats.dtype == torch.float32:
-                return Embedding(feats, key, cached=True, train_seconds=0.0)
-        except (OSError, ValueError):
-            pass
-        path.unlink(missing_ok=True)
+    hit = load_cached("embeddings", key, len(train)) if cache else None
+    if hit is not None and hit.get("features", torch.empty(0)).dtype == torch.float32:
+        return Embedding(hit["features"], key, cached=True, train_seconds=0.0)
     model = build_model(arch, train.in_channels, train.image_size, train.num_classes, seed=seed).to(train.device)
-    ckpt = folder / f"{key}.ckpt" if cache else None
+    ckpt = cache_dir() / "embeddings" / f"{key}.ckpt" if cache else None
     run = train_resumable(model, train, config, seed, key=key, checkpoint=ckpt, progress=progress, desc=f"embed {arch}")
     feats = embed_split(model, train)
     if cache:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{key}.tmp.npy"
-        np.save(tmp, feats.numpy())
-        tmp.replace(path)
         meta = {"dataset": train.dataset, "images": len(train), "arch": arch, "epochs": epochs, "seed": seed}
-        (folder / f"{key}.json").write_text(json.dumps(meta, sort_keys=True))
+        save_cached("embeddings", key, {"features": feats}, meta)
         if ckpt is not None:
             ckpt.unlink(missing_ok=True)
     return Embedding(feats, key, cached=False, train_seconds=run.seconds)
