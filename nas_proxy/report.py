@@ -415,10 +415,11 @@ def _scatter(col: Column, label: str, truth: pd.Series, path: Path) -> None:
 def _cost_figure(report: Report, labels: Sequence[str], path: Path) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4.2), constrained_layout=True)
+    fig = Figure(figsize=(7, 5), constrained_layout=True)
     ax = fig.add_subplot()
+    points: list[tuple[float, float, str]] = []
     for col, label in zip(report.columns, labels, strict=True):
-        if col.comparison is None:
+        if col.comparison is None or col.kind == "combined":  # combined columns: in the table only
             continue
         iv = col.comparison.correlations[("spearman", "all")]
         if math.isnan(iv.value):
@@ -427,7 +428,25 @@ def _cost_figure(report: Report, labels: Sequence[str], path: Path) -> None:
         err = None if math.isnan(iv.low) else [[iv.value - iv.low], [iv.high - iv.value]]
         marker = {"proxy": "o", "early": "s", "full": "*", "ranker": "^"}.get(col.kind, "o")
         ax.errorbar([x], [iv.value], yerr=err, fmt=marker, capsize=3)
-        ax.annotate(label, (x, iv.value), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        points.append((x, iv.value, label))
+    # Proxies of one ipc cost about the same: stack their labels apart instead of on top of each other.
+    gap = 0.05
+    placed: list[tuple[float, float]] = []
+    for x, y, label in sorted(points, key=lambda p: -p[1]):
+        ly = y
+        for px, py in placed:
+            if abs(math.log10(px) - math.log10(x)) < 0.5 and ly > py - gap:
+                ly = py - gap
+        placed.append((x, ly))
+        ax.annotate(
+            label,
+            (x, y),
+            xytext=(x * 1.6, ly),
+            textcoords="data",
+            fontsize=7,
+            va="center",
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"},
+        )
     ax.set_xscale("log")
     ax.set_xlabel("time cost (minutes, summed training / scoring time)")
     ax.set_ylabel("Spearman vs whole data (all candidates)")
