@@ -15,6 +15,7 @@ from nas_proxy.proxies import get_builder
 from nas_proxy.proxies.coreset import (
     Forgetting,
     count_forgetting,
+    forgetting_scores,
     herding_indices,
     kcenter_indices,
     most_forgotten,
@@ -105,6 +106,15 @@ def test_forgetting_counts_correct_to_incorrect_transitions() -> None:
     scores = count_forgetting(history)
     # ex0: T F T F -> 2 events; ex1 never learned -> inf; ex2: F T F T -> 1; ex3 never forgotten -> 0.
     assert scores[0] == 2 and math.isinf(float(scores[1])) and scores[2] == 1 and scores[3] == 0
+
+
+def test_never_learned_examples_can_go_last() -> None:
+    forgets = torch.tensor([2, 0, 1, 0])
+    learned = torch.tensor([True, False, True, True])
+    assert forgetting_scores(forgets, learned, "last").tolist() == [2.0, -math.inf, 1.0, 0.0]
+    assert most_forgotten(forgetting_scores(forgets, learned, "last"), 4, seed=0).tolist() == [0, 2, 3, 1]
+    with pytest.raises(NasProxyError, match="never_learned must be one of most, last"):
+        forgetting_scores(forgets, learned, "first")
 
 
 def test_most_forgotten_order_and_seeded_ties() -> None:

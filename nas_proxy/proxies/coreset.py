@@ -116,15 +116,21 @@ def record_presentation(
     learned[idx] |= correct
 
 
-def forgetting_scores(forgets: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:
-    """Forgetting events as float; never-learned examples count as forgotten infinitely often.
+def forgetting_scores(forgets: torch.Tensor, learned: torch.Tensor, never_learned: str = "most") -> torch.Tensor:
+    """Forgetting events as float; never-learned examples score ``+inf`` (``"most"``) or ``-inf`` (``"last"``).
 
-    That is Toneva et al.'s convention: an example never classified correctly is at least as
-    "forgettable" as any example that was learned and then lost.
+    ``"most"`` is Toneva et al.'s convention: an example never classified correctly is at least as
+    "forgettable" as any example that was learned and then lost. ``"last"`` keeps those (often
+    ambiguous or mislabelled) images out of a small selection unless a class has nothing else.
     """
+    if never_learned not in NEVER_LEARNED:
+        raise NasProxyError(f"never_learned must be one of {', '.join(NEVER_LEARNED)}, got {never_learned!r}")
     scores = forgets.double()
-    scores[~learned] = math.inf
+    scores[~learned] = math.inf if never_learned == "most" else -math.inf
     return scores
+
+
+NEVER_LEARNED = ("most", "last")
 
 
 def count_forgetting(history: torch.Tensor) -> torch.Tensor:
@@ -278,11 +284,15 @@ class Forgetting(ProxyBuilder):
     # UNCONFIRMED: epochs of the whole-data run are not given in the paper (Toneva et al. train
     # to convergence, 200 epochs on CIFAR-10); each epoch costs minutes on a CPU.
     epochs: int = 10
+    # UNCONFIRMED: how the paper's baseline ranks never-learned examples; "most" is Toneva's.
+    never_learned: Literal["most", "last"] = "most"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_arch(self.arch, "arch")
         _check_positive(self.epochs, "epochs")
+        if self.never_learned not in NEVER_LEARNED:
+            raise NasProxyError(f"never_learned must be one of {', '.join(NEVER_LEARNED)}, got {self.never_learned!r}")
 
     def _build(self, train: Split, ctx: BuildContext) -> BuildResult:
         n, dev = len(train), train.device
@@ -322,7 +332,7 @@ class Forgetting(ProxyBuilder):
             train_seconds = run.seconds
             meta = {"dataset": train.dataset, "images": n, "arch": self.arch, "epochs": self.epochs, "seed": self.seed}
             save_cached("forgetting", cache_key, {k: stats[k] for k in ("forgets", "learned")}, meta)
-        scores = forgetting_scores(stats["forgets"].cpu(), stats["learned"].cpu())
+        scores = forgetting_scores(stats["forgets"].cpu(), stats["learned"].cpu(), self.never_learned)
         select = {
             c: most_forgotten(scores[train.indices_of_class(c).cpu()], self.ipc, _class_seed(self.seed, c))
             for c in range(train.num_classes)
