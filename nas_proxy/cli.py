@@ -265,6 +265,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         epochs=args.epochs, full_epochs=args.full_epochs, seeds=args.seeds, out_dir=args.out, n_jobs=args.n_jobs,
         backend=args.backend, scheduler=args.scheduler, rankers=args.rankers or (), ground_truth=args.ground_truth,
         data_root=args.data_root, device=args.device, progress=_bar(args),
+        batch_seeds={"auto": None, "yes": True, "no": False}[args.batch_seeds],
     )
     print(f"store:    {res.out_dir}")
     print(f"runs:     {res.planned} planned, {res.skipped} already stored, {res.trained} trained now "
@@ -295,6 +296,8 @@ def _add_evaluate(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--n-jobs", type=int, default=1, metavar="N", help="workers, one torch thread each (-1: all cores)")
     p.add_argument("--backend", default="loky", choices=["loky", "dask"], help="joblib backend (default loky)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (default: a local cluster)")
+    p.add_argument("--batch-seeds", default="auto", choices=["auto", "yes", "no"],
+                   help="train a candidate's seeds as one stacked network (auto: on a GPU only)")
     p.add_argument("--rankers", default=None, metavar="all|NAME,...", help="training-free rankers to score too")
     p.add_argument("--ground-truth", default=None, metavar="FILE", help="whole-data rows from an exported .csv")
     p.add_argument("--data-root", default=None, help="folder holding the dataset's files")

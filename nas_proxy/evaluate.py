@@ -29,7 +29,7 @@ import torch
 from nas_proxy.data import Split
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
-from nas_proxy.fast import keep_freed_memory
+from nas_proxy.fast import keep_freed_memory, train_many
 from nas_proxy.proxies.artifact import ProxySet
 from nas_proxy.space import ArchSpec
 from nas_proxy.store import STORE_FORMAT, ResultsStore, RunRow, ScoreRow, now_iso
@@ -211,73 +211,89 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _run_job(
-    job: _Job,
+def _row(job: _Job, out: RunOutcome, started: str) -> RunRow:
+    status, acc = out.status, float(out.accuracy)
+    if status == "ok" and not math.isfinite(acc):
+        status = "diverged"
+    return RunRow(
+        job.arch_id,
+        job.source_id,
+        job.seed,
+        job.config.hash,
+        status,
+        acc if status == "ok" else float("nan"),
+        float(out.seconds),
+        int(out.steps),
+        int(out.params),
+        "" if status == "ok" else "non-finite training loss",
+        job.dataset,
+        started,
+        now_iso(),
+    )
+
+
+def _failed_row(job: _Job, exc: BaseException, started: str) -> RunRow:
+    return RunRow(
+        job.arch_id,
+        job.source_id,
+        job.seed,
+        job.config.hash,
+        "failed",
+        float("nan"),
+        0.0,
+        0,
+        0,
+        _one_line(exc),
+        job.dataset,
+        started,
+        now_iso(),
+    )
+
+
+def _run_group(
+    group: Sequence[_Job],
     train: Split | _SplitFile,
     test: Split | _SplitFile,
     device: str,
     threads: int | None,
     trainer: Trainer,
-) -> RunRow:
-    """One training run; any exception becomes a 'failed' row so the sweep goes on."""
+) -> list[RunRow]:
+    """The runs of one candidate on one source; any exception becomes 'failed' rows so the sweep goes on.
+
+    One job goes through ``trainer``. Several (the seeds of a candidate, with ``batch_seeds``) go
+    through :func:`nas_proxy.fast.train_many` together: on a GPU the seeds become one stacked
+    network. If that fails, each seed is retried alone, so one bad seed marks only itself.
+    """
     if threads is not None:  # a worker process of ours
         torch.set_num_threads(threads)
         keep_freed_memory()
-    started = now_iso()
-    try:
-        out = trainer(job.arch_id, _materialize(train, device), _materialize(test, device), job.config, job.seed)
-        status, acc = out.status, float(out.accuracy)
-        if status == "ok" and not math.isfinite(acc):
-            status = "diverged"
-        return RunRow(
-            job.arch_id,
-            job.source_id,
-            job.seed,
-            job.config.hash,
-            status,
-            acc if status == "ok" else float("nan"),
-            float(out.seconds),
-            int(out.steps),
-            int(out.params),
-            "" if status == "ok" else "non-finite training loss",
-            job.dataset,
-            started,
-            now_iso(),
-        )
-    except Exception as exc:  # one candidate's failure (OOM, a bad shape) must not end the sweep
-        return RunRow(
-            job.arch_id,
-            job.source_id,
-            job.seed,
-            job.config.hash,
-            "failed",
-            float("nan"),
-            0.0,
-            0,
-            0,
-            _one_line(exc),
-            job.dataset,
-            started,
-            now_iso(),
-        )
+    tr, te = _materialize(train, device), _materialize(test, device)
+    if len(group) > 1:
+        started = now_iso()
+        first = group[0]
+        try:
+            outs = train_many(first.arch_id, tr, te, first.config, [j.seed for j in group], n_jobs=1)
+            return [_row(job, out, started) for job, out in zip(group, outs, strict=True)]
+        except Exception:  # retried one by one below: the failing seed gets its own reason
+            pass
+    rows = []
+    for job in group:
+        started = now_iso()
+        try:
+            rows.append(_row(job, trainer(job.arch_id, tr, te, job.config, job.seed), started))
+        except Exception as exc:  # one candidate's failure (OOM, a bad shape) must not end the sweep
+            rows.append(_failed_row(job, exc, started))
+    return rows
 
 
-# ----------------------------------------------------------------------------- parent side
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    """What one ``evaluate`` call did."""
-
-    out_dir: Path
-    planned: int  # (candidate, source, seed) runs asked for
-    skipped: int  # already in the store
-    trained: int  # new rows this call
-    ok: int
-    diverged: int
-    failed: int
-    imported: int = 0  # ground-truth rows copied in
-    scores: int = 0  # new training-free scores
+def _groups(jobs: Sequence[_Job], batch_seeds: bool) -> list[list[_Job]]:
+    """Jobs as tasks: one each, or with ``batch_seeds`` the seeds of one (candidate, source) together."""
+    if not batch_seeds:
+        return [[j] for j in jobs]
+    out: dict[tuple[str, str, str], list[_Job]] = {}
+    for j in jobs:
+        out.setdefault((j.arch_id, j.source_id, j.config.hash), []).append(j)
+    return list(out.values())
 
 
 def protocol_of(sources: Sequence[TrainingSource], test: Split) -> dict[str, Any]:
@@ -397,8 +413,26 @@ def _jobs(ids: Sequence[str], sources: Sequence[TrainingSource], seeds: Sequence
     return [_Job(arch, s.id, seed, s.config, s.split.dataset) for s in sources for arch in ids for seed in seeds]
 
 
+# ----------------------------------------------------------------------------- parent side
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What one ``evaluate`` call did."""
+
+    out_dir: Path
+    planned: int  # (candidate, source, seed) runs asked for
+    skipped: int  # already in the store
+    trained: int  # new rows this call
+    ok: int
+    diverged: int
+    failed: int
+    imported: int = 0  # ground-truth rows copied in
+    scores: int = 0  # new training-free scores
+
+
 def _execute(
-    jobs: Sequence[_Job],
+    groups: Sequence[Sequence[_Job]],
     sources: Sequence[TrainingSource],
     test: Split,
     *,
@@ -408,11 +442,12 @@ def _execute(
     device: str,
     trainer: Trainer,
 ) -> Iterator[RunRow]:
-    """Yield rows as they finish (any order)."""
+    """Yield rows as they finish (any order); each task is a group of jobs (see :func:`_groups`)."""
     by_id = {s.id: s for s in sources}
+    jobs = [j for g in groups for j in g]
     if backend == "loky" and n_jobs == 1:
-        for job in jobs:
-            yield _run_job(job, by_id[job.source_id].split, test, device, None, trainer)
+        for group in groups:
+            yield from _run_group(group, by_id[group[0].source_id].split, test, device, None, trainer)
         return
     from joblib import Parallel, delayed, parallel_config
 
@@ -428,9 +463,10 @@ def _execute(
             refs = {sid: files[id(by_id[sid].split)] for sid in used}
             test_ref = _save_split(test, Path(tmp) / "test.pt")
             parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
-            yield from parallel(
-                delayed(_run_job)(job, refs[job.source_id], test_ref, device, 1, trainer) for job in jobs
-            )
+            for rows in parallel(
+                delayed(_run_group)(g, refs[g[0].source_id], test_ref, device, 1, trainer) for g in groups
+            ):
+                yield from rows
         return
     client, owned = _dask_client(scheduler, n_jobs)
     try:
@@ -438,9 +474,10 @@ def _execute(
         # Scattered once to every worker; joblib swaps these objects for their futures in each task.
         with parallel_config(backend="dask", scatter=[*splits, test]):
             parallel = Parallel(n_jobs=-1, return_as="generator_unordered")
-            yield from parallel(
-                delayed(_run_job)(job, by_id[job.source_id].split, test, device, 1, trainer) for job in jobs
-            )
+            for rows in parallel(
+                delayed(_run_group)(g, by_id[g[0].source_id].split, test, device, 1, trainer) for g in groups
+            ):
+                yield from rows
     finally:
         if owned:
             cluster = getattr(client, "cluster", None)
@@ -487,6 +524,7 @@ def evaluate(
     ranker_train: Split | None = None,
     space: str | None = None,
     on_result: Callable[[RunRow], None] | None = None,
+    batch_seeds: bool | None = None,
 ) -> EvaluationResult:
     """Train each candidate on each source with each seed, skipping runs already stored in ``out_dir``.
 
@@ -497,7 +535,9 @@ def evaluate(
     :class:`nas_proxy.groundtruth.GroundTruth`) supplies the whole-data rows instead of training
     them. ``rankers`` (names from :mod:`nas_proxy.zero_cost`) score every candidate without
     training, on a batch of ``ranker_train``. ``on_result`` sees every stored row (tests use it
-    to interrupt a run).
+    to interrupt a run). ``batch_seeds``: train the seeds of a candidate together
+    (:func:`nas_proxy.fast.train_many`: one stacked network on a GPU); None = on a GPU only, since
+    on a CPU stacking does not pay and the worker processes of ``n_jobs`` are the fast path.
     """
     ids = _validate(specs, sources, test, seeds, n_jobs, backend)
     dev = str(resolve_device(device))
@@ -555,8 +595,16 @@ def evaluate(
     with tqdm(
         total=len(pending), desc="evaluate", unit="run", disable=None if progress else True, dynamic_ncols=True
     ) as bar:
+        batch = torch.device(dev).type == "cuda" if batch_seeds is None else batch_seeds
         rows = _execute(
-            pending, sources, test, n_jobs=n_jobs, backend=backend, scheduler=scheduler, device=dev, trainer=trainer
+            _groups(pending, batch),
+            sources,
+            test,
+            n_jobs=n_jobs,
+            backend=backend,
+            scheduler=scheduler,
+            device=dev,
+            trainer=trainer,
         )
         try:
             for row in rows:
@@ -695,6 +743,7 @@ def run_evaluation(
     data_root: str | Path | None = None,
     device: str | None = None,
     progress: bool = True,
+    batch_seeds: bool | None = None,
 ) -> EvaluationResult:
     """``nas-proxy evaluate``: select candidates, load proxies and data, check everything, then evaluate.
 
@@ -765,4 +814,5 @@ def run_evaluation(
         rankers=ranker_names,
         ranker_train=train,
         space=search_space.name,
+        batch_seeds=batch_seeds,
     )

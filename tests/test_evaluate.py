@@ -140,6 +140,46 @@ def test_joblib_two_workers_equal_one(data: tuple[Split, Split], specs: list[str
     pd.testing.assert_frame_equal(_results(tmp_path / "one"), _results(tmp_path / "two"))
 
 
+def test_batched_seeds_equal_one_by_one(data: tuple[Split, Split], specs: list[str], tmp_path: Path) -> None:
+    train, test = data
+    sources = _sources(train)[:1]
+    seeds = (0, 1, 2)
+    evaluate(specs, sources, test, out_dir=tmp_path / "one", seeds=seeds, progress=False, batch_seeds=False)
+    res = evaluate(specs, sources, test, out_dir=tmp_path / "many", seeds=seeds, progress=False, batch_seeds=True)
+    assert res.trained == len(specs) * len(seeds) == res.ok
+    one, many = _results(tmp_path / "one"), _results(tmp_path / "many")
+    exact = [c for c in RESULT_COLUMNS if c != "accuracy"]
+    pd.testing.assert_frame_equal(one[exact], many[exact])
+    # Stacked training sums in another order: accuracies agree to a test image or so.
+    assert (one["accuracy"] - many["accuracy"]).abs().max() <= 2 / len(test)
+
+
+def test_batched_seeds_fall_back_to_one_by_one_on_failure(
+    data: tuple[Split, Split], specs: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nas_proxy.evaluate as evaluate_module
+
+    def broken(*args: object, **kwargs: object) -> list[RunOutcome]:
+        raise RuntimeError("stacking failed")
+
+    monkeypatch.setattr(evaluate_module, "train_many", broken)
+    train, test = data
+    res = evaluate(
+        specs,
+        [full_source(train, CFG)],
+        test,
+        out_dir=tmp_path,
+        seeds=(0, 1),
+        progress=False,
+        trainer=_flaky_trainer,
+        batch_seeds=True,
+    )
+    rows = ResultsStore(tmp_path).rows()
+    failed = {(r.arch_id, r.seed) for r in rows if r.status == "failed"}
+    assert failed == {("ConvNet-D1-W4-AS-BN-AP", 0), ("ConvNet-D1-W4-AS-BN-AP", 1)}
+    assert res.ok == 2 * (len(specs) - 1)
+
+
 def test_dask_local_cluster(data: tuple[Split, Split], specs: list[str], tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     train, test = data
