@@ -212,18 +212,37 @@ def write_markdown(path: Path, rows: list[dict[str, str]], header: list[str]) ->
 
     lines = ["# Proxy accuracy on Fashion-MNIST (default ConvNet)", "", *header, ""]
     lines += [
-        "| method | ipc | ours: mean +- std (%) | reference (%) | models | epochs | build s | eval s | budget "
-        "| settings |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | ipc | build seed | ours: mean +- std (%) | reference (%) | models | epochs | build s | eval s "
+        "| budget | settings |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(
-        rows, key=lambda r: (int(r["ipc"]), list_builders().index(r["method"]) if r["method"] in BUILDERS else 99)
-    ):
+
+    def order(r: dict[str, str]) -> tuple[int, int, str, int]:
+        rank = list_builders().index(r["method"]) if r["method"] in BUILDERS else 99
+        return (int(r["ipc"]), rank, r["settings"], int(r["seed"]))
+
+    for r in sorted(rows, key=order):
         lines.append(
-            f"| {r['method']} | {r['ipc']} | {fmt(r['mean'], 2)} +- {fmt(r['std'], 2)} | {fmt(r['reference'])} "
-            f"| {r['models']} | {r['epochs']} | {fmt(r['build_seconds'])} | {fmt(r['eval_seconds'])} "
-            f"| {r['budget']} | {r['settings'] or 'defaults'} |"
+            f"| {r['method']} | {r['ipc']} | {r['seed']} | {fmt(r['mean'], 2)} +- {fmt(r['std'], 2)} "
+            f"| {fmt(r['reference'])} | {r['models']} | {r['epochs']} | {fmt(r['build_seconds'])} "
+            f"| {fmt(r['eval_seconds'])} | {r['budget']} | {r['settings'] or 'defaults'} |"
         )
+    # Several build seeds of one setting: the spread between builds, which one build cannot show.
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["ipc"], r["settings"], r["models"], r["epochs"]), []).append(r)
+    pooled = [g for g in groups.values() if len({r["seed"] for r in g}) > 1]
+    if pooled:
+        lines += ["", "Over build seeds (mean and std of the per-build means):", ""]
+        for g in pooled:
+            means = [float(r["mean"]) for r in g]
+            mu = sum(means) / len(means)
+            sd = (sum((m - mu) ** 2 for m in means) / len(means)) ** 0.5
+            seeds = ", ".join(sorted({r["seed"] for r in g}, key=int))
+            lines.append(
+                f"- {g[0]['method']} ipc {g[0]['ipc']} ({g[0]['settings'] or 'defaults'}), build seeds {seeds}: "
+                f"{mu:.2f} +- {sd:.2f} % (reference {fmt(g[0]['reference'])})"
+            )
     lines += ["", f"Whole training set (reference): {WHOLE_DATA} %.", "", "## Commands", ""]
     lines += [f"- {r['method']} ipc {r['ipc']}: `{r['command']}`" for r in rows]
     path.write_text("\n".join(lines) + "\n")
