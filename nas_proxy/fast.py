@@ -483,14 +483,16 @@ def choose_plan(spec: ArchSpec, train: Split, config: TrainConfig, n_seeds: int,
       (maxpool, layernorm), so those keep the reference loop.
     - CPU with ``n_jobs > 1``: seeds go to one-thread worker processes when the net is small (a
       narrow net uses a second intra-op thread badly, and not at all on a busy host) or when the
-      seeds split evenly over the workers (a wide net then scales as well as with threads).
+      seeds split evenly over the workers and the net is not wide (up to ~150 MFLOPs it then
+      scales as well as with threads; a wide net scales better with threads on a quiet host).
     """
     if train.device.type == "cuda":
         return Plan("stacked", stack_size=n_seeds)
     flops = count_flops(spec, train.in_channels, train.image_size, train.num_classes)
     inner = "stacked" if spec.pool == "avgpool" and flops <= STACKED_STEP_MAX_FLOPS else "loop"
     jobs = min(n_jobs, n_seeds)
-    if jobs > 1 and (flops <= PARALLEL_ALWAYS_MAX_FLOPS or n_seeds % jobs == 0):
+    even = n_seeds % jobs == 0 and flops <= PARALLEL_EVEN_MAX_FLOPS
+    if jobs > 1 and (flops <= PARALLEL_ALWAYS_MAX_FLOPS or even):
         return Plan("parallel", stack_size=1, n_jobs=jobs, inner=inner)
     return Plan(inner, stack_size=1)
 
@@ -499,6 +501,9 @@ def choose_plan(spec: ArchSpec, train: Split, config: TrainConfig, n_seeds: int,
 STACKED_STEP_MAX_FLOPS = 20_000_000
 # Up to here a step is overhead-bound: one-thread workers win even when the seeds split unevenly.
 PARALLEL_ALWAYS_MAX_FLOPS = 10_000_000
+# Up to here one-thread workers match threads when the seeds split evenly; above it (the W256
+# ConvNet, 385 MFLOPs) a quiet machine's two intra-op threads scale better: 0.87x measured.
+PARALLEL_EVEN_MAX_FLOPS = 150_000_000
 
 
 def _cpu_count() -> int:
