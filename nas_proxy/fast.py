@@ -483,8 +483,8 @@ def choose_plan(spec: ArchSpec, train: Split, config: TrainConfig, n_seeds: int,
       (maxpool, layernorm), so those keep the reference loop.
     - CPU with ``n_jobs > 1``: seeds go to one-thread worker processes when the net is small (a
       narrow net uses a second intra-op thread badly, and not at all on a busy host) or when the
-      seeds split evenly over the workers and the net is not wide (up to ~150 MFLOPs it then
-      scales as well as with threads; a wide net scales better with threads on a quiet host).
+      seeds split evenly over the workers and the net is not wide (up to ~50 MFLOPs it then
+      scales as well as with threads; from the default ConvNet up, threads scale better on a quiet host).
     """
     if train.device.type == "cuda":
         return Plan("stacked", stack_size=n_seeds)
@@ -501,9 +501,10 @@ def choose_plan(spec: ArchSpec, train: Split, config: TrainConfig, n_seeds: int,
 STACKED_STEP_MAX_FLOPS = 20_000_000
 # Up to here a step is overhead-bound: one-thread workers win even when the seeds split unevenly.
 PARALLEL_ALWAYS_MAX_FLOPS = 10_000_000
-# Up to here one-thread workers match threads when the seeds split evenly; above it (the W256
-# ConvNet, 385 MFLOPs) a quiet machine's two intra-op threads scale better: 0.87x measured.
-PARALLEL_EVEN_MAX_FLOPS = 150_000_000
+# Up to here one-thread workers match threads when the seeds split evenly. Above it a quiet
+# machine's two intra-op threads scale better: workers measured 0.92x for the default ConvNet
+# (98 MFLOPs) and 0.87x for W256 (385 MFLOPs) against a warm 2-thread loop.
+PARALLEL_EVEN_MAX_FLOPS = 50_000_000
 
 
 def _cpu_count() -> int:
