@@ -135,6 +135,25 @@ def _kendall_rows(x: np.ndarray, y: np.ndarray, chunk_elements: int = 4_000_000)
 _KENDALL_VECTOR_MAX = 150
 
 
+def _resampled(x: np.ndarray, y: np.ndarray, idx: np.ndarray, method: str) -> np.ndarray:
+    """``correlation`` of every resample ``x[i], y[i]`` for the rows ``i`` of ``idx``, vectorized where possible."""
+    if method == "spearman":
+        return _spearman_rows(x[idx], y[idx])
+    if method == "kendall" and x.shape[0] <= _KENDALL_VECTOR_MAX:
+        return _kendall_rows(x[idx], y[idx])
+    return np.array([correlation(x[i], y[i], method) for i in idx])
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` interval of the finite ``values`` (NaN, NaN if none)."""
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
 def bootstrap_interval(
     x: np.ndarray,
     y: np.ndarray,
@@ -149,20 +168,8 @@ def bootstrap_interval(
     n = len(x)
     if n < MIN_CANDIDATES or n_boot < 1:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    if method == "spearman":
-        values = _spearman_rows(x[idx], y[idx])
-    elif method == "kendall" and n <= _KENDALL_VECTOR_MAX:
-        values = _kendall_rows(x[idx], y[idx])
-    else:
-        values = np.array([correlation(x[i], y[i], method) for i in idx])
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    alpha = (1 - level) / 2
-    low, high = np.quantile(values, [alpha, 1 - alpha])
-    return float(low), float(high)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    return _percentiles(_resampled(x, y, idx, method), level)
 
 
 def paired_difference(
@@ -188,20 +195,9 @@ def paired_difference(
     n = len(common)
     if math.isnan(value) or n_boot < 1:
         return Interval(value, float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    if method == "spearman":
-        diffs = _spearman_rows(x[idx], t[idx]) - _spearman_rows(y[idx], t[idx])
-    elif method == "kendall" and n <= _KENDALL_VECTOR_MAX:
-        diffs = _kendall_rows(x[idx], t[idx]) - _kendall_rows(y[idx], t[idx])
-    else:
-        diffs = np.array([correlation(x[i], t[i], method) - correlation(y[i], t[i], method) for i in idx])
-    diffs = diffs[np.isfinite(diffs)]
-    if len(diffs) == 0:
-        return Interval(value, float("nan"), float("nan"))
-    alpha = (1 - level) / 2
-    low, high = np.quantile(diffs, [alpha, 1 - alpha])
-    return Interval(value, float(low), float(high))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    low, high = _percentiles(_resampled(x, t, idx, method) - _resampled(y, t, idx, method), level)
+    return Interval(value, low, high)
 
 
 def candidate_scores(rows: pd.DataFrame) -> pd.Series:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -171,18 +172,24 @@ def test_ipc_larger_than_a_class_is_refused(tiny_data: tuple[Split, Split]) -> N
 # ----------------------------------------------------------------------------- embedding cache
 
 
+def _count_trainings(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[str]:
+    """Wrap ``module.train_resumable`` so each whole-data training appends "train" to the returned list."""
+    calls: list[str] = []
+    real = module.train_resumable
+
+    def counting(*args: object, **kwargs: object) -> embedding_module.TrainRun:
+        calls.append("train")
+        return real(*args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(module, "train_resumable", counting)
+    return calls
+
+
 def test_herding_and_kcenter_share_one_cached_embedding(
     tiny_data: tuple[Split, Split], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     train, _ = tiny_data
-    calls: list[str] = []
-    real = embedding_module.train_resumable
-
-    def counting(*args: object, **kwargs: object) -> embedding_module.TrainRun:
-        calls.append("train")
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(embedding_module, "train_resumable", counting)
+    calls = _count_trainings(monkeypatch, embedding_module)
     settings = {"ipc": 2, "seed": 0, "embed_arch": SMALL, "embed_epochs": 1}
     a = get_builder("herding", **settings).build(train)
     b = get_builder("kcenter", **settings).build(train)
@@ -201,14 +208,7 @@ def test_forgetting_counts_are_cached_across_ipc(
     tiny_data: tuple[Split, Split], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     train, _ = tiny_data
-    calls: list[str] = []
-    real = coreset_module.train_resumable
-
-    def counting(*args: object, **kwargs: object) -> embedding_module.TrainRun:
-        calls.append("train")
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(coreset_module, "train_resumable", counting)
+    calls = _count_trainings(monkeypatch, coreset_module)
     one = Forgetting(ipc=1, seed=0, arch=SMALL, epochs=2).build(train)
     two = Forgetting(ipc=2, seed=0, arch=SMALL, epochs=2).build(train)
     assert calls == ["train"]

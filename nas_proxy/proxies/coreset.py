@@ -24,7 +24,6 @@ from nas_proxy.proxies.embedding import (
     load_cached,
     run_key,
     save_cached,
-    split_hash,
     train_resumable,
 )
 from nas_proxy.space import DEFAULT_ARCH, ArchSpec
@@ -123,14 +122,18 @@ def forgetting_scores(forgets: torch.Tensor, learned: torch.Tensor, never_learne
     "forgettable" as any example that was learned and then lost. ``"last"`` keeps those (often
     ambiguous or mislabelled) images out of a small selection unless a class has nothing else.
     """
-    if never_learned not in NEVER_LEARNED:
-        raise NasProxyError(f"never_learned must be one of {', '.join(NEVER_LEARNED)}, got {never_learned!r}")
+    _check_never_learned(never_learned)
     scores = forgets.double()
     scores[~learned] = math.inf if never_learned == "most" else -math.inf
     return scores
 
 
 NEVER_LEARNED = ("most", "last")
+
+
+def _check_never_learned(value: str) -> None:
+    if value not in NEVER_LEARNED:
+        raise NasProxyError(f"never_learned must be one of {', '.join(NEVER_LEARNED)}, got {value!r}")
 
 
 def count_forgetting(history: torch.Tensor) -> torch.Tensor:
@@ -293,8 +296,7 @@ class Forgetting(ProxyBuilder):
         super().__post_init__()
         _check_arch(self.arch, "arch")
         _check_positive(self.epochs, "epochs")
-        if self.never_learned not in NEVER_LEARNED:
-            raise NasProxyError(f"never_learned must be one of {', '.join(NEVER_LEARNED)}, got {self.never_learned!r}")
+        _check_never_learned(self.never_learned)
 
     def _build(self, train: Split, ctx: BuildContext) -> BuildResult:
         n, dev = len(train), train.device
@@ -302,8 +304,10 @@ class Forgetting(ProxyBuilder):
         # The counts depend on the training only, not on ipc: ipc 1 and ipc 10 share one run.
         cache_key = run_key(train, self.arch, self.epochs, self.seed, config, kind="forgetting")
         hit = load_cached("forgetting", cache_key, n)
+        if hit is not None and not {"forgets", "learned"} <= set(hit):
+            hit = None  # written by something else: retrain and overwrite
         train_seconds = 0.0
-        if hit is not None and {"forgets", "learned"} <= set(hit):
+        if hit is not None:
             stats = {"forgets": hit["forgets"].long(), "learned": hit["learned"].bool()}
         else:
             stats = {
@@ -317,13 +321,12 @@ class Forgetting(ProxyBuilder):
                 record_presentation(stats["prev_correct"], stats["learned"], stats["forgets"], idx, correct)
 
             model = build_model(self.arch, train.in_channels, train.image_size, train.num_classes, seed=self.seed)
-            key = f"forgetting:{split_hash(train)}:{sorted(self.params().items())}"
             run = train_resumable(
                 model.to(dev),
                 train,
                 config,
                 self.seed,
-                key=key,
+                key=cache_key,  # names the training, which ipc and never_learned do not change
                 checkpoint=ctx.checkpoint,
                 state=stats,
                 on_batch=on_batch,
