@@ -307,6 +307,19 @@ def compare(train: Split, s: DCSettings, rtol: float, dtypes: Sequence[str]) -> 
     with Timer() as ref_t:
         ref_images, ref_losses = reference_dc(train, s)
         _sync(device)
+    # The float floor: the reference again with another thread count (on a CPU only the summation
+    # order of some kernels changes): how far float32 moves the result by itself.
+    floor = "n/a"
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1 if threads > 1 else 2)
+        try:
+            alt_images, alt_losses = reference_dc(train, s)
+        finally:
+            torch.set_num_threads(threads)
+        alt_loss = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(alt_losses, ref_losses, strict=True))
+        alt_image = float((alt_images - ref_images).abs().max() / ref_images.abs().max().clamp_min(1e-12))
+        floor = f"loss {alt_loss:.1e} / images {alt_image:.1e}"
     out = []
     for dtype in dtypes:
         with Timer() as ours_t:
@@ -334,6 +347,7 @@ def compare(train: Split, s: DCSettings, rtol: float, dtypes: Sequence[str]) -> 
             "loss_last": round(ref_losses[-1], 5),
             "max_rel_loss_diff": f"{loss_diff:.1e}",
             "max_rel_image_diff": f"{image_diff:.1e}",
+            "ref_threads_floor": floor,
         }
         name = f"dc-ipc{s.ipc}" + ("" if dtype == "float32" else f"-{dtype}")
         # Seconds per iteration on both sides: the ratio is the same as of the totals.
@@ -385,6 +399,8 @@ def run(args: argparse.Namespace) -> int:
         "against the same float32 reference",
         "seconds are per DC iteration (total / iterations); one untimed warm-up iteration of each first",
         f"equal: every logged loss within rel {args.rtol} and the final images within {args.rtol} of max |x|",
+        "ref_threads_floor: the reference against itself run with the other thread count (1 vs 2): the float32 "
+        "noise of the reference alone, loss (relative) / images (of max |x|)",
         f"torch threads: {torch.get_num_threads()}; load average after the run: {info_after['load_average']}",
     ]
     if args.quick:

@@ -15,13 +15,17 @@ test, config, s) for s in seeds]`` returns, to float tolerance, by one of these 
   each, each worker running ``loop`` or ``stacked`` on its share. On a CPU, narrow nets use one
   core badly (small kernels, Python overhead), so two one-thread workers beat one two-thread
   process.
-- ``auto``: :func:`choose_strategy`, a cost model fitted to measurements (see its docstring).
+- ``auto``: :func:`choose_plan`, a cost model fitted to measurements (see its docstring).
 
 Equality with the loop: same initial weights (same ``build_model`` seeds), same batch order (the
-same seeded ``randperm``), same learning-rate schedule; only the float summation order of
-grouped convs and batched heads differs, and such differences grow as training goes on: ~1e-6
-relative after 20 steps, 1.3e-2 after 100 (ConvNet-D3-W8, benchmarks/train_batched.py), with test
-accuracies within 0.2 points (the plain loop's own mean accuracy moves 0.04 points between 1 and 2 threads).
+same seeded ``randperm``), same learning-rate schedule. One model in the stacked code runs the
+loop's own kernels on the loop's own batches, so on a CPU it is bit-identical to ``train_model``
+(tests/test_fast.py checks every layer type); ``parallel`` workers run that with one thread, so
+they match a one-thread loop exactly and a two-thread loop as closely as the loop matches itself
+(ConvNet-D3-W8, 100 steps: 9.9e-5 relative, benchmarks/train_batched.py). Several models in one
+network change the summation order of the grouped convs and the batched head, and in 100 steps
+such rounding differences grow to ~1e-2 relative in the weights (test accuracies stay within a
+few tenths of a point); the same happens to the loop itself with a fused SGD update.
 """
 
 from __future__ import annotations
@@ -41,7 +45,15 @@ from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError, UnknownNameError
 from nas_proxy.models import ConvNet, build_model, count_flops, count_params
 from nas_proxy.space import ArchSpec
-from nas_proxy.train import RunOutcome, TrainConfig, TrainStats, train_and_evaluate
+from nas_proxy.train import (
+    EpochCallback,
+    RunOutcome,
+    TrainConfig,
+    TrainStats,
+    eval_batch_size,
+    train_and_evaluate,
+    train_model,
+)
 
 STRATEGIES: tuple[str, ...] = ("auto", "loop", "stacked", "parallel")
 
@@ -197,6 +209,8 @@ class StackedConvNets:
                 x = F.max_pool2d(x, 2, 2)
             else:
                 x = avg_pool_2x2(x)
+        if r == 1:  # nn.Linear's own kernel: bit-identical to the plain loop (a bmm head drifts 1e-2 in 100 steps)
+            return F.linear(x.reshape(n, -1), self.head_weight[0], self.head_bias[0]).unsqueeze(0)
         feats = x.reshape(n, r, -1).transpose(0, 1)  # (R, N, F): each model's flatten order
         return torch.baddbmm(self.head_bias.unsqueeze(1), feats, self.head_weight.transpose(1, 2))
 
@@ -216,37 +230,86 @@ class StackedConvNets:
             if layer.kind == "bn":
                 for m in mods:
                     if isinstance(m, nn.BatchNorm2d) and m.num_batches_tracked is not None:
-                        m.num_batches_tracked.add_(self.steps_done)
+                        m.num_batches_tracked.add_(self.steps_done - self._steps_written)
         for m, w, b in zip(self.models, self.head_weight, self.head_bias, strict=True):
             m.classifier.weight.copy_(w)
             m.classifier.bias.copy_(b)
+        self._steps_written = self.steps_done  # a second write-back (once an epoch) counts each step once
         return self.models
 
     steps_done: int = 0
+    _steps_written: int = 0
+
+
+class _AvgPool2x2(torch.autograd.Function):
+    """2x2 average pooling by strided adds, in the order of PyTorch's CPU kernel (see avg_pool_2x2)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        v = x.view(n, c, h // 2, 2, w // 2, 2)
+        out = torch.add(v[:, :, :, 0, :, 0], v[:, :, :, 0, :, 1])  # ((x00 + x01) + x10) + x11, as the kernel sums
+        out.add_(v[:, :, :, 1, :, 0]).add_(v[:, :, :, 1, :, 1])
+        return out.div_(4)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        n, c, h2, w2 = grad.shape
+        spread = (grad / 4).view(n, c, h2, 1, w2, 1).expand(n, c, h2, 2, w2, 2)  # each input gets its window's share
+        return spread.reshape(n, c, 2 * h2, 2 * w2)
 
 
 _POOL_MATRICES: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+# Per (shape, dtype, device, threads): does the GEMM form reproduce PyTorch's kernel bit for bit here?
+_GEMM_EXACT: dict[tuple[Any, ...], bool] = {}
 
 
-def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """``F.avg_pool2d(x, 2, 2)`` as one GEMM: each pair of image rows times a fixed (2W, W/2) matrix.
-
-    Same sums of the same four values times 0.25, so the same numbers; on CPU forward plus backward
-    run 2-3x faster than PyTorch's NCHW pooling kernel, which dominates a narrow ConvNet's step.
-    Odd sizes (floor mode drops a row or column) and non-contiguous inputs keep the plain kernel.
-    """
-    n, c, h, w = x.shape
-    if h % 2 or w % 2 or not x.is_contiguous():
-        return F.avg_pool2d(x, 2, 2)
-    key = (w, x.device, x.dtype)
+def _pool_matrix(w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The fixed (2W, W/2) matrix that averages each 2x2 window of a pair of image rows."""
+    key = (w, device, dtype)
     pool = _POOL_MATRICES.get(key)
     if pool is None:
-        pool = torch.zeros(2 * w, w // 2, device=x.device, dtype=x.dtype)
-        cols = torch.arange(w // 2, device=x.device)
+        pool = torch.zeros(2 * w, w // 2, device=device, dtype=dtype)
+        cols = torch.arange(w // 2, device=device)
         for offset in (0, 1, w, w + 1):  # the 2x2 window: two columns in each of two rows
             pool[2 * cols + offset, cols] = 0.25
         _POOL_MATRICES[key] = pool
-    return (x.reshape(-1, 2 * w) @ pool).view(n, c, h // 2, w // 2)
+    return pool
+
+
+def _gemm_pool(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return (x.reshape(-1, 2 * w) @ _pool_matrix(w, x.device, x.dtype)).view(n, c, h // 2, w // 2)
+
+
+def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.avg_pool2d(x, 2, 2)``, bit for bit, faster on a CPU for narrow nets.
+
+    PyTorch's NCHW pooling kernel walks one output at a time and dominated a narrow ConvNet's
+    step. Two exact replacements, forward plus backward 2-3x faster: one GEMM of each pair of
+    image rows with a fixed (2W, W/2) matrix of 0.25s (the fastest), and three strided adds in the
+    kernel's own order (``((x00 + x01) + x10) + x11``, then ``/ 4``). A GEMM may sum a window's four
+    products in another order, which depends on the BLAS and the shape (this project's CPU: exact
+    at widths 16 and 32, not 14), so the GEMM is used for a shape only after a random probe of that
+    shape came out identical to the kernel (its backward is exact anyway: one product per input).
+    Without autograd (testing) the strided adds serve: shapes seen once do not repay a probe.
+    Odd sizes (floor mode drops a row or column) keep the plain kernel.
+    """
+    h, w = x.shape[-2:]
+    if h % 2 or w % 2 or not x.is_contiguous():
+        return F.avg_pool2d(x, 2, 2)
+    if not torch.is_grad_enabled():  # testing: shapes seen once, not worth a probe
+        return _AvgPool2x2.forward(None, x)
+    key = (tuple(x.shape), x.dtype, x.device, torch.get_num_threads())
+    exact = _GEMM_EXACT.get(key)
+    if exact is None:
+        with torch.no_grad():
+            probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x.device, x.dtype)
+            exact = _GEMM_EXACT[key] = torch.equal(_gemm_pool(probe), F.avg_pool2d(probe, 2, 2))
+    if exact:
+        return _gemm_pool(x)
+    out: torch.Tensor = _AvgPool2x2.apply(x)
+    return out
 
 
 def _cat(tensors: Any, grad: bool = True) -> torch.Tensor:
@@ -273,12 +336,15 @@ def train_stacked(
     seeds: Sequence[int],
     *,
     options: FastOptions | None = None,
+    on_epoch: Callable[[int, StackedConvNets], None] | None = None,
 ) -> tuple[StackedConvNets, list[TrainStats]]:
     """Train ``models`` (one spec, on ``train``'s device) in place as one stacked network.
 
-    ``train_model(models[i], train, config, seeds[i])`` for every i, to float tolerance: the same
-    batch order (each seed's own ``randperm``), learning-rate schedule and divergence rule.
-    Returns the stacked network (for :func:`stacked_accuracy`) and each model's stats.
+    ``train_model(models[i], train, config, seeds[i])`` for every i, to float tolerance (one model
+    on a CPU: bit for bit): the same batch order (each seed's own ``randperm``), learning-rate
+    schedule and divergence rule. ``on_epoch(epoch, net)`` runs after every epoch (and may raise,
+    as an Optuna pruner does). Returns the stacked network (for :func:`stacked_accuracy`) and
+    each model's stats.
     """
     options = options or FastOptions()
     if len(models) != len(seeds):
@@ -306,7 +372,9 @@ def train_stacked(
     # garbage in its own channels, which touch no other model, and is reported as diverged.
     stopped_at = torch.full((r,), -1, dtype=torch.long, device=device)
     last = torch.zeros(r, device=device)
-    step = 0
+    # A CPU loses nothing by looking at the loss once an epoch; a GPU looks only when asked to.
+    check_each_epoch = on_epoch is not None or device.type == "cpu"
+    step, epoch = 0, 0
     while step < total:
         orders = [torch.randperm(n, generator=g) for g in gens]
         epoch_loss = torch.zeros(r, device=device)
@@ -314,7 +382,11 @@ def train_stacked(
             lr = config.lr_at(step, total)
             for group in opt.param_groups:
                 group["lr"] = lr
-            if full_batch:
+            if r == 1:
+                # One model: exactly the plain loop's batch (same order too), so the same numbers.
+                idx = orders[0][i : i + config.batch_size].to(device, non_blocking=True)
+                x, y = train.images[idx], train.labels[idx].unsqueeze(0)
+            elif full_batch:
                 # The whole set is every model's batch: the mean loss and BatchNorm's batch statistics
                 # do not depend on the order inside it, so all models share one input (no gather).
                 x, y = train.images, train.labels.expand(r, n)
@@ -332,6 +404,12 @@ def train_stacked(
                 break
         newly = (stopped_at < 0) & ~torch.isfinite(epoch_loss)
         stopped_at = torch.where(newly, torch.full_like(stopped_at, step), stopped_at)
+        epoch += 1
+        if check_each_epoch and bool((stopped_at >= 0).all()):
+            break  # every model has diverged: the rest would be garbage
+        if on_epoch is not None:
+            net.steps_done = step
+            on_epoch(epoch, net)
     net.steps_done = step
     net.write_back()
     seconds = (time.perf_counter() - start) / r  # the R runs overlap: each gets an even share
@@ -374,8 +452,13 @@ def _train_stacked(
 
 
 @torch.no_grad()
-def stacked_accuracy(net: StackedConvNets, split: Split, batch_size: int = 2048) -> list[float]:
-    """Each model's top-1 accuracy in eval mode (BatchNorm on its own running statistics)."""
+def stacked_accuracy(net: StackedConvNets, split: Split, batch_size: int | None = None) -> list[float]:
+    """Each model's top-1 accuracy in eval mode (BatchNorm on its own running statistics).
+
+    ``batch_size``: test images per forward (default ``eval_batch_size`` for the R models' width).
+    """
+    if batch_size is None:
+        batch_size = eval_batch_size(split, net.r * net.models[0].spec.width)
     correct = torch.zeros(net.r, dtype=torch.long, device=split.device)
     for i in range(0, len(split), batch_size):
         logits = net.forward(split.images[i : i + batch_size], training=False)
@@ -559,6 +642,29 @@ def train_many(
     return _run_plan(spec, train, test, config, seeds, plan, options or FastOptions())
 
 
+def train_model_fast(
+    model: ConvNet, train: Split, config: TrainConfig, seed: int, *, on_epoch: EpochCallback | None = None
+) -> TrainStats:
+    """Drop-in for ``train_model`` (same arguments, same result) that takes the stacked step where faster.
+
+    That is where :func:`choose_plan` puts one model in the stacked code: a GPU, or a CPU and an
+    avg-pooled net up to ``STACKED_STEP_MAX_FLOPS``; on a CPU the result is bit-identical to
+    ``train_model``. ``on_epoch(epoch, model)`` sees ``model`` holding the epoch's weights (the
+    Optuna objective reports and prunes there). Elsewhere this is ``train_model`` itself.
+    """
+    plan = choose_plan(model.spec, train, config, n_seeds=1, n_jobs=1)
+    if plan.strategy != "stacked":
+        return train_model(model, train, config, seed, on_epoch=on_epoch)
+
+    def write_back_then(epoch: int, net: StackedConvNets) -> None:
+        if on_epoch is not None:
+            net.write_back()
+            on_epoch(epoch, model)
+
+    _, (stats,) = train_stacked([model], train, config, [seed], on_epoch=write_back_then if on_epoch else None)
+    return stats
+
+
 def train_and_evaluate_fast(
     spec: ArchSpec | str, train: Split, test: Split, config: TrainConfig, seed: int
 ) -> RunOutcome:
@@ -580,5 +686,6 @@ __all__ = [
     "stacked_accuracy",
     "train_and_evaluate_fast",
     "train_many",
+    "train_model_fast",
     "train_stacked",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,7 @@ from nas_proxy.fast import (
     choose_plan,
     train_and_evaluate_fast,
     train_many,
+    train_model_fast,
     train_stacked,
 )
 from nas_proxy.models import build_model
@@ -65,6 +68,57 @@ def test_stacked_training_matches_the_loop_parameter_for_parameter(
         assert ref_state.keys() == got_state.keys()
         for key, value in ref_state.items():  # parameters and BatchNorm running statistics
             torch.testing.assert_close(got_state[key], value, rtol=1e-4, atol=1e-5, msg=f"{arch} {key}")
+
+
+@pytest.mark.parametrize("arch", SPECS)
+@pytest.mark.parametrize("config", [FULL_BATCH, MINI_BATCH], ids=["full-batch", "mini-batch"])
+def test_one_stacked_model_is_bit_identical_to_the_loop_on_cpu(
+    data: tuple[Split, Split], arch: str, config: TrainConfig
+) -> None:
+    train, _ = data
+    reference, model = build_model(arch, seed=3), build_model(arch, seed=3)
+    ref_stats = train_model(reference, train, config, 3)
+    _, (stats,) = train_stacked([model], train, config, [3])
+    assert stats.steps == ref_stats.steps
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), f"{arch} {key}"
+
+
+@pytest.mark.parametrize("arch", ["ConvNet-D2-W8-AR-IN-AP", "ConvNet-D2-W4-AS-BN-MP"])
+def test_train_model_fast_is_train_model_epoch_by_epoch(data: tuple[Split, Split], arch: str) -> None:
+    """Same weights at every epoch callback and at the end, whichever path the plan takes."""
+    train, _ = data
+    seen: dict[str, list[dict[str, torch.Tensor]]] = {"plain": [], "fast": []}
+
+    def record(into: str) -> Callable[[int, torch.nn.Module], None]:
+        def on_epoch(epoch: int, net: torch.nn.Module) -> None:
+            assert epoch == len(seen[into]) + 1
+            seen[into].append({k: v.clone() for k, v in net.state_dict().items()})
+
+        return on_epoch
+
+    reference, model = build_model(arch, seed=1), build_model(arch, seed=1)
+    ref_stats = train_model(reference, train, MINI_BATCH, 1, on_epoch=record("plain"))
+    stats = train_model_fast(model, train, MINI_BATCH, 1, on_epoch=record("fast"))
+    assert (stats.steps, stats.diverged) == (ref_stats.steps, ref_stats.diverged)
+    assert len(seen["fast"]) == len(seen["plain"]) == MINI_BATCH.epochs
+    for ref_state, got_state in zip(seen["plain"], seen["fast"], strict=True):
+        for key, value in ref_state.items():  # BatchNorm's num_batches_tracked counted once per step
+            assert torch.equal(got_state[key], value), key
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_train_model_fast_stops_a_diverged_run_like_train_model(data: tuple[Split, Split]) -> None:
+    train, _ = data
+    wild = TrainConfig(epochs=6, batch_size=8, lr=1e6)
+    calls: list[int] = []
+    stats = train_model_fast(
+        build_model("ConvNet-D2-W8-AR-IN-AP", seed=0), train, wild, 0, on_epoch=lambda e, _: calls.append(e)
+    )
+    ref = train_model(build_model("ConvNet-D2-W8-AR-IN-AP", seed=0), train, wild, 0)
+    assert stats.diverged and ref.diverged and stats.steps == ref.steps
+    assert len(calls) < wild.epochs  # no callback after the diverged epoch
 
 
 @pytest.mark.parametrize("arch", SPECS)
@@ -123,15 +177,21 @@ def test_auto_picks_a_valid_plan(data: tuple[Split, Split], n_jobs: int) -> None
     assert_same_outcomes([expected, expected], got, len(test))
 
 
-@pytest.mark.parametrize("size", [(2, 3, 8, 8), (2, 5, 7, 6), (1, 2, 4, 10)])
-def test_gemm_avg_pool_equals_avg_pool2d(size: tuple[int, int, int, int]) -> None:
+@pytest.mark.parametrize(
+    "size", [(2, 3, 8, 8), (2, 5, 7, 6), (1, 2, 4, 10), (4, 8, 14, 14), (3, 8, 12, 20), (2, 4, 32, 32)]
+)
+def test_avg_pool_2x2_is_avg_pool2d_bit_for_bit(size: tuple[int, int, int, int]) -> None:
     x = torch.randn(*size, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    y = torch.randn(*size, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    torch.testing.assert_close(avg_pool_2x2(x), F.avg_pool2d(y, 2, 2))
-    avg_pool_2x2(x).square().sum().backward()  # type: ignore[no-untyped-call]
-    F.avg_pool2d(y, 2, 2).square().sum().backward()  # type: ignore[no-untyped-call]
+    y = x.detach().clone().requires_grad_(True)
+    grad = torch.randn(size[0], size[1], size[2] // 2, size[3] // 2, generator=torch.Generator().manual_seed(1))
+    got, expected = avg_pool_2x2(x), F.avg_pool2d(y, 2, 2)
+    assert torch.equal(got, expected)
+    with torch.no_grad():  # testing takes another path
+        assert torch.equal(avg_pool_2x2(x.detach()), expected)
+    got.backward(grad)  # type: ignore[no-untyped-call]
+    expected.backward(grad)  # type: ignore[no-untyped-call]
     assert x.grad is not None and y.grad is not None
-    torch.testing.assert_close(x.grad, y.grad)
+    assert torch.equal(x.grad, y.grad)
 
 
 def test_bad_arguments_name_the_problem(data: tuple[Split, Split]) -> None:

@@ -7,7 +7,7 @@ from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError
 from nas_proxy.models import build_model
 from nas_proxy.space import ArchSpec
-from nas_proxy.train import TrainConfig, accuracy, train_and_evaluate, train_model
+from nas_proxy.train import CPU_EVAL_BYTES, TrainConfig, accuracy, eval_batch_size, train_and_evaluate, train_model
 
 SMALL = ArchSpec(depth=2, width=8)
 
@@ -69,3 +69,27 @@ def test_config_validation_and_hash() -> None:
     with pytest.raises(NasProxyError, match="epochs"):
         TrainConfig(epochs=0)
     assert TrainConfig().hash == TrainConfig().hash != TrainConfig(epochs=100).hash
+
+
+def test_eval_batch_size_keeps_an_activation_near_the_cache_budget() -> None:
+    split = Split(torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), 10, "tiny", (0.0,), (1.0,))
+    sizes = {w: eval_batch_size(split, w) for w in (1, 8, 32, 128, 4096)}
+    for w, b in sizes.items():
+        assert 16 <= b <= 2048 and b & (b - 1) == 0  # a power of two in range
+        assert b == 16 or b * w * 28 * 28 * 4 <= CPU_EVAL_BYTES
+    assert sizes[8] > sizes[32] > sizes[128]  # wider nets, fewer images a forward
+    assert sizes[4096] == 16 and sizes[1] == 2048
+
+
+@pytest.mark.parametrize("arch", ["ConvNet-D2-W8-AR-IN-AP", "ConvNet-D2-W4-AS-BN-MP", "ConvNet-D1-W4-AL-LN-NP"])
+def test_accuracy_does_not_depend_on_the_batch_size(arch: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    split = Split(
+        torch.randn(300, 1, 28, 28, generator=g), torch.randint(0, 10, (300,), generator=g), 10, "t", (0.0,), (1.0,)
+    )
+    model = build_model(arch, seed=0)
+    model.eval()
+    with torch.no_grad():  # per image, eval mode: the same logits in any batch
+        whole = model(split.images)
+        assert torch.equal(torch.cat([model(split.images[i : i + 16]) for i in range(0, 300, 16)]), whole)
+    assert accuracy(model, split) == accuracy(model, split, batch_size=2048) == accuracy(model, split, batch_size=7)
