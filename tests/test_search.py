@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from nas_proxy.data import Split, make_synthetic
 from nas_proxy.errors import NasProxyError, UnknownNameError
+from nas_proxy.models import build_model
 from nas_proxy.proxies import ProxySet, get_builder, save_proxy
 from nas_proxy.search import (
     Diverged,
@@ -38,7 +39,7 @@ from nas_proxy.search import (
     trial_arch,
 )
 from nas_proxy.space import ArchSpec, SearchSpace, load_space
-from nas_proxy.train import TrainConfig
+from nas_proxy.train import TrainConfig, accuracy, train_model
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -92,6 +93,30 @@ def test_objective_deterministic_for_fixed_params_and_seed(
     assert set(first[1]) == {1, 2}  # epochs 1 and 2 reported; epoch 3 is the final value
     fixed = make_objective(proxy, data[1], space=space, epochs=3, seed=7, device="cpu")
     assert fixed(optuna.trial.FixedTrial(ARCH)) == first[0]
+
+
+@pytest.mark.parametrize("norm", ["instancenorm", "batchnorm"])
+def test_objective_is_the_plain_loop_bit_for_bit(
+    norm: str, proxy: ProxySet, data: tuple[Split, Split], space: SearchSpace
+) -> None:
+    """Trials take the stacked step (a small avg-pooled net on a CPU): same values as the plain loop."""
+    arch = {**ARCH, "norm": norm}
+    obj = make_objective(proxy, data[1], space=space, epochs=3, seed=7, report_every=1, report_images=None)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(arch)
+    study.optimize(obj, n_trials=1)
+    seen: dict[int, float] = {}
+    model = build_model(ArchSpec(**arch), 1, 16, 4, seed=7)
+    train_model(
+        model,
+        proxy.as_split(),
+        TrainConfig(epochs=3),
+        7,
+        on_epoch=lambda e, net: seen.update({e: accuracy(net, data[1])}),
+    )
+    trial = study.trials[0]
+    assert trial.values == [accuracy(model, data[1])]
+    assert trial.intermediate_values == {e: v for e, v in seen.items() if e < 3}
 
 
 def test_objective_records_user_attrs(proxy: ProxySet, data: tuple[Split, Split], space: SearchSpace) -> None:
