@@ -399,7 +399,8 @@ def run(args: argparse.Namespace) -> int:
         f"proxy: {proxy_text}; test accuracy on {args.test_images or 'all'} test images",
         f"candidates: stratified sample of {len(ids)} of {space.name} (seed {args.seed}), {args.epochs} epochs each",
         f"reference: the plain loop in this file, {ref['threads']} torch threads: {ref['seconds']:.2f} s, "
-        f"{ref_cpm:.1f} candidates/min, peak RSS {ref['rss_self_mb']:.0f} MB"
+        f"{ref_cpm:.1f} candidates/min, peak RSS {ref['rss_self_mb']:.0f} MB; it tests in batches of 256 "
+        "(the authors' test loader), the evaluator in cache-sized ones (train.eval_batch_size)"
         + (f", CUDA peak {ref['cuda_max_allocated_mb']:.0f} MB" if "cuda_max_allocated_mb" in ref else ""),
         "variants: nas_proxy.evaluate.evaluate(trainer=plain|fast, n_jobs=N), one torch thread per worker; "
         "seconds of the evaluate call (worker start-up and the results store included), data loading excluded",
