@@ -293,18 +293,18 @@ def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     at widths 16 and 32, not 14), so the GEMM is used for a shape only after a random probe of that
     shape came out identical to the kernel (its backward is exact anyway: one product per input).
     Without autograd (testing) the strided adds serve: shapes seen once do not repay a probe.
-    Odd sizes (floor mode drops a row or column) keep the plain kernel.
+    Odd sizes (floor mode drops a row or column) and other devices keep the plain kernel.
     """
     h, w = x.shape[-2:]
-    if h % 2 or w % 2 or not x.is_contiguous():
-        return F.avg_pool2d(x, 2, 2)
+    if x.device.type != "cpu" or h % 2 or w % 2 or not x.is_contiguous():
+        return F.avg_pool2d(x, 2, 2)  # a GPU's pooling kernel is fast: the tricks are for CPUs
     if not torch.is_grad_enabled():  # testing: shapes seen once, not worth a probe
         return _AvgPool2x2.forward(None, x)
     key = (tuple(x.shape), x.dtype, x.device, torch.get_num_threads())
     exact = _GEMM_EXACT.get(key)
     if exact is None:
         with torch.no_grad():
-            probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x.device, x.dtype)
+            probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
             exact = _GEMM_EXACT[key] = torch.equal(_gemm_pool(probe), F.avg_pool2d(probe, 2, 2))
     if exact:
         return _gemm_pool(x)
