@@ -35,12 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nas_proxy.data import Split, load_dataset, make_synthetic
 from nas_proxy.device import resolve_device
+from nas_proxy.errors import NasProxyError
 from nas_proxy.fast import choose_plan, train_many, train_stacked
 from nas_proxy.models import build_model, count_flops
 from nas_proxy.space import ArchSpec
 from nas_proxy.train import TrainConfig, train_model
 
-from _common import Comparison, Timer, describe, machine, write_record
+from _common import Comparison, Timer, describe, machine, record_target, write_record
 
 
 @dataclass(frozen=True)
@@ -157,11 +158,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each side, alternating; best of them counts")
     p.add_argument("--explore", action="store_true", help="also time each strategy on its own")
     p.add_argument("--only", default=None, help="comma-separated labels to run (narrow,default,wide)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("seeds", "epochs", "wide_seeds", "wide_epochs", "test_images", "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.reference_threads is not None and args.reference_threads < 1:
+        p.error(f"--reference-threads must be a positive integer, got {args.reference_threads}")
+    labels = ("narrow", "default", "wide")
+    unknown = sorted(set(args.only.split(",")) - set(labels)) if args.only else []
+    if unknown:
+        p.error(f"--only: unknown case {', '.join(unknown)}; valid: {', '.join(labels)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except NasProxyError as exc:  # a bad architecture id or device: one line, exit 2, as the CLI
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    for arch in (args.narrow, args.default, args.wide):
+        ArchSpec.from_id(arch)  # a bad id fails before any data is loaded
     device = resolve_device(args.device)
     train, test, data_text = proxy_data(args.synthetic, args.test_images, device)
     info = machine(device)
@@ -268,9 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         "n_jobs": args.n_jobs,
         "test_images": len(test),
     }
-    suffix = ("-quick" if args.quick else "") + (f"-ref{args.reference_threads}t" if args.reference_threads else "")
+    out_dir, suffix = record_target(None, smoke=False, quick=args.quick, synthetic=args.synthetic)
+    suffix += f"-ref{args.reference_threads}t" if args.reference_threads else ""
     suffix += f"-{'-'.join(sorted(wanted))}" if wanted else ""
-    path = write_record("train_batched", info, comparisons, settings, notes, suffix=suffix)
+    path = write_record("train_batched", info, comparisons, settings, notes, out_dir=out_dir, suffix=suffix)
     print(f"wrote {path}")
     for c in comparisons:
         print(c.result_line())
