@@ -96,6 +96,11 @@ class Comparison:
         return f"RESULT {self.name} ratio={self.ratio:.2f} equal={'yes' if self.equal else 'no'}"
 
 
+def max_relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest ``|a - b|`` relative to ``max |b|``: how far ours is from the reference tensor."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds``."""
 

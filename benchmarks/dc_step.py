@@ -47,7 +47,7 @@ from nas_proxy.models import build_model
 from nas_proxy.proxies.matching import DC, default_loops
 from nas_proxy.space import DEFAULT_ARCH, ArchSpec
 
-from _common import Comparison, Timer, describe, machine, record_target, write_record
+from _common import Comparison, Timer, describe, machine, max_relative_diff, record_target, write_record
 
 
 @dataclass(frozen=True)
@@ -300,6 +300,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- main
 
 
+def _max_rel_loss(ours: Sequence[float], ref: Sequence[float]) -> float:
+    """The largest relative difference of two loss curves, point by point."""
+    return max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(ours, ref, strict=True))
+
+
 def compare(train: Split, s: DCSettings, rtol: float, dtypes: Sequence[str]) -> list[Comparison]:
     """Run the reference once, then ours for each real-gradient dtype, from the same seed; compare."""
     device = train.device
@@ -317,8 +322,8 @@ def compare(train: Split, s: DCSettings, rtol: float, dtypes: Sequence[str]) -> 
             alt_images, alt_losses = reference_dc(train, s)
         finally:
             torch.set_num_threads(threads)
-        alt_loss = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(alt_losses, ref_losses, strict=True))
-        alt_image = float((alt_images - ref_images).abs().max() / ref_images.abs().max().clamp_min(1e-12))
+        alt_loss = _max_rel_loss(alt_losses, ref_losses)
+        alt_image = max_relative_diff(alt_images, ref_images)
         floor = f"loss {alt_loss:.1e} / images {alt_image:.1e}"
     out = []
     for dtype in dtypes:
@@ -327,8 +332,8 @@ def compare(train: Split, s: DCSettings, rtol: float, dtypes: Sequence[str]) -> 
             _sync(device)
         ref_curve = windows(ref_losses, history)
         our_curve = [v for _, v in history]
-        loss_diff = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(our_curve, ref_curve, strict=True))
-        image_diff = float((our_images - ref_images).abs().max() / ref_images.abs().max().clamp_min(1e-12))
+        loss_diff = _max_rel_loss(our_curve, ref_curve)
+        image_diff = max_relative_diff(our_images, ref_images)
         # History values are rounded to 6 decimals; tiny absolute differences are that rounding.
         losses_equal = all(
             math.isclose(a, b, rel_tol=rtol, abs_tol=2e-6) for a, b in zip(our_curve, ref_curve, strict=True)

@@ -41,7 +41,7 @@ from nas_proxy.models import build_model, count_flops
 from nas_proxy.space import ArchSpec
 from nas_proxy.train import TrainConfig, train_model
 
-from _common import Comparison, Timer, describe, machine, record_target, write_record
+from _common import Comparison, Timer, describe, machine, max_relative_diff, record_target, write_record
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def plain_loop(
 def relative_difference(a: nn.Module, b: nn.Module) -> float:
     """The largest difference of any floating tensor of ``a`` and ``b``, relative to that tensor's max |b|."""
     return max(
-        float((x - y).abs().max() / y.abs().max().clamp_min(1e-12))
+        max_relative_diff(x, y)
         for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
         if y.is_floating_point()
     )

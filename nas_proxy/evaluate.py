@@ -211,39 +211,27 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _row(job: _Job, out: RunOutcome, started: str) -> RunRow:
-    status, acc = out.status, float(out.accuracy)
-    if status == "ok" and not math.isfinite(acc):
-        status = "diverged"
+def _row(job: _Job, out: RunOutcome | BaseException, started: str) -> RunRow:
+    """The stored row of one run: its outcome, or the exception that ended it ('failed')."""
+    if isinstance(out, BaseException):
+        status, acc, seconds, steps, params, error = "failed", math.nan, 0.0, 0, 0, _one_line(out)
+    else:
+        status, acc = out.status, float(out.accuracy)
+        if status == "ok" and not math.isfinite(acc):
+            status = "diverged"
+        seconds, steps, params = float(out.seconds), int(out.steps), int(out.params)
+        error = "" if status == "ok" else "non-finite training loss"
     return RunRow(
         job.arch_id,
         job.source_id,
         job.seed,
         job.config.hash,
         status,
-        acc if status == "ok" else float("nan"),
-        float(out.seconds),
-        int(out.steps),
-        int(out.params),
-        "" if status == "ok" else "non-finite training loss",
-        job.dataset,
-        started,
-        now_iso(),
-    )
-
-
-def _failed_row(job: _Job, exc: BaseException, started: str) -> RunRow:
-    return RunRow(
-        job.arch_id,
-        job.source_id,
-        job.seed,
-        job.config.hash,
-        "failed",
-        float("nan"),
-        0.0,
-        0,
-        0,
-        _one_line(exc),
+        acc if status == "ok" else math.nan,
+        seconds,
+        steps,
+        params,
+        error,
         job.dataset,
         started,
         now_iso(),
@@ -282,7 +270,7 @@ def _run_group(
         try:
             rows.append(_row(job, trainer(job.arch_id, tr, te, job.config, job.seed), started))
         except Exception as exc:  # one candidate's failure (OOM, a bad shape) must not end the sweep
-            rows.append(_failed_row(job, exc, started))
+            rows.append(_row(job, exc, started))
     return rows
 
 
@@ -444,7 +432,7 @@ def _execute(
 ) -> Iterator[RunRow]:
     """Yield rows as they finish (any order); each task is a group of jobs (see :func:`_groups`)."""
     by_id = {s.id: s for s in sources}
-    jobs = [j for g in groups for j in g]
+    used = list(dict.fromkeys(g[0].source_id for g in groups))  # the sources in use (a group shares one)
     if backend == "loky" and n_jobs == 1:
         for group in groups:
             yield from _run_group(group, by_id[group[0].source_id].split, test, device, None, trainer)
@@ -452,7 +440,6 @@ def _execute(
     from joblib import Parallel, delayed, parallel_config
 
     if backend == "loky":
-        used = list(dict.fromkeys(job.source_id for job in jobs))
         with tempfile.TemporaryDirectory(prefix="nas-proxy-data-") as tmp:
             # One file per distinct Split: early stopping and the whole data share theirs.
             files: dict[int, _SplitFile] = {}
@@ -470,7 +457,7 @@ def _execute(
         return
     client, owned = _dask_client(scheduler, n_jobs)
     try:
-        splits = [by_id[sid].split for sid in dict.fromkeys(job.source_id for job in jobs)]
+        splits = [by_id[sid].split for sid in used]
         # Scattered once to every worker; joblib swaps these objects for their futures in each task.
         with parallel_config(backend="dask", scatter=[*splits, test]):
             parallel = Parallel(n_jobs=-1, return_as="generator_unordered")

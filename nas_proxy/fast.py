@@ -657,9 +657,8 @@ def train_model_fast(
         return train_model(model, train, config, seed, on_epoch=on_epoch)
 
     def write_back_then(epoch: int, net: StackedConvNets) -> None:
-        if on_epoch is not None:
-            net.write_back()
-            on_epoch(epoch, model)
+        net.write_back()
+        on_epoch(epoch, model)  # type: ignore[misc]  # only passed along when given
 
     _, (stats,) = train_stacked([model], train, config, [seed], on_epoch=write_back_then if on_epoch else None)
     return stats
