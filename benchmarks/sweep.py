@@ -8,8 +8,10 @@ proxy (``--proxy PATH``, or ``ipc`` random real images per class drawn here) and
   does it; and
 - the project's evaluator, ``nas_proxy.evaluate.evaluate(..., trainer=...)`` (what ``nas-proxy
   evaluate`` runs, rows written to a results store), in variants ``<trainer>:<n_jobs>``: trainer
-  ``plain`` (``nas_proxy.train.train_and_evaluate``) or ``fast``
-  (``nas_proxy.fast.train_and_evaluate_fast``), ``n_jobs`` worker processes of one torch thread.
+  ``plain`` (``nas_proxy.train.train_and_evaluate``), ``fast``
+  (``nas_proxy.fast.train_and_evaluate_fast``) or ``grouped`` (``evaluate(batch_candidates=True)``:
+  candidates of equal depth, width and pooling as one stacked network, the GPU path), ``n_jobs``
+  worker processes of one torch thread.
 
 Each side runs in a fresh Python process, so its peak memory (``ru_maxrss`` of the process, and of
 its largest worker process; ``torch.cuda.max_memory_allocated`` on a GPU) is its own. The timed part
@@ -22,7 +24,7 @@ variant seconds> equal=yes|no``. Records go to ``results/benchmarks/sweep-<machi
     python benchmarks/sweep.py --quick                                   # a few minutes on a 2-core CPU
     python benchmarks/sweep.py --sample 72                               # the protocol: 100 epochs (hours on a CPU)
     python benchmarks/sweep.py --space convnet720-narrow --sample 72     # the protocol on a CPU-sized space
-    python benchmarks/sweep.py --sample 720 --variants plain:1,fast:1    # on a GPU: the whole space
+    python benchmarks/sweep.py --sample 720 --variants plain:1,grouped:1  # on a GPU: the whole space
     python benchmarks/sweep.py --smoke                                   # seconds: tiny synthetic data
 
 Timings on a shared machine move with its load: the load average is printed and recorded.
@@ -51,7 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nas_proxy.data import Split, load_dataset, make_synthetic
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
+from nas_proxy.fast import group_key
 from nas_proxy.models import build_model
+from nas_proxy.space import ArchSpec
 from nas_proxy.train import TrainConfig
 
 from _common import Comparison, describe, machine, record_target, write_record
@@ -59,6 +63,9 @@ from _common import Comparison, describe, machine, record_target, write_record
 TRAINERS: dict[str, str] = {
     "plain": "nas_proxy.train.train_and_evaluate",
     "fast": "nas_proxy.fast.train_and_evaluate_fast",
+    # The evaluator's batch_candidates: candidates of equal depth, width and pooling as one stacked
+    # network (nas_proxy.fast.train_candidates); a run that fails there is retried with the fast trainer.
+    "grouped": "nas_proxy.fast.train_and_evaluate_fast",
 }
 _CHILD_TAG = "SWEEP-CHILD-RESULT "
 
@@ -212,6 +219,7 @@ def run_child(job: dict[str, Any]) -> dict[str, Any]:
                 device=device,
                 progress=False,
                 trainer=trainer,
+                batch_candidates=job["variant"]["trainer"] == "grouped",
             )
             seconds = time.perf_counter() - start
             rows = ResultsStore(out_dir).rows()
@@ -285,11 +293,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-images", type=int, default=None, help="test images (default all; quick 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample, the proxy and the training")
     p.add_argument(
-        "--variants", default=None, help="evaluator variants trainer:n_jobs (default plain:1,fast:1 + :<cores> on CPU)"
+        "--variants",
+        default=None,
+        help="evaluator variants trainer:n_jobs, trainer plain|fast|grouped (default plain:1,fast:1, "
+        "and plain/fast:<cores> on a CPU, grouped:1 on a GPU)",
     )
     p.add_argument("--tolerance", type=float, default=0.005, help="accuracy difference still called equal")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", type=Path, default=None, help="record folder (default results/benchmarks; smoke: /tmp)")
+    p.add_argument("--tag", default="", help="appended to the record's file name (keeps other records)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one side, as JSON
     args = p.parse_args(argv)
     defaults = (
@@ -306,6 +318,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, key)
         if value is not None and value < 1:
             p.error(f"--{key.replace('_', '-')} must be a positive integer, got {value}")
+    if args.tag and not all(c.isalnum() or c in "._-" for c in args.tag):
+        p.error(f"--tag may hold letters, digits, '.', '_' and '-' only, got {args.tag!r}")
     return args
 
 
@@ -325,8 +339,10 @@ def run(args: argparse.Namespace) -> int:
     from nas_proxy.space import load_space
 
     device = resolve_device(args.device)
-    workers = f",plain:{_cores()},fast:{_cores()}" if device.type == "cpu" and _cores() > 1 else ""
-    variants = parse_variants(args.variants or "plain:1,fast:1" + workers)
+    # Grouping loses on a CPU (0.3-0.6x measured): there ask for it with --variants.
+    workers = f",plain:{_cores()},fast:{_cores()}" if _cores() > 1 else ""
+    extra = workers if device.type == "cpu" else ",grouped:1"
+    variants = parse_variants(args.variants or "plain:1,fast:1" + extra)
     if device.type != "cpu" and any(v.n_jobs > 1 for v in variants):
         print("note: n_jobs > 1 on a GPU starts one CUDA context per worker", file=sys.stderr)
     space = load_space(args.space)
@@ -383,10 +399,12 @@ def run(args: argparse.Namespace) -> int:
             details["peak_worker_rss_mb"] = round(out["rss_workers_mb"])
         if "cuda_max_allocated_mb" in out:
             details["cuda_peak_mb"] = round(out["cuda_max_allocated_mb"])
+        if v.trainer == "grouped":  # one stacked network per group_key among the candidates
+            details["groups"] = len({group_key(ArchSpec.from_id(a)) for a in ids})
         if v.trainer != "plain" and plain_same_jobs is not None:
             details["vs_plain_same_jobs"] = round(plain_same_jobs["seconds"] / out["seconds"], 2)
         comparisons.append(Comparison(f"sweep-{v.label}", ref["seconds"], out["seconds"], not mismatched, details))
-    fast = [c for (v, _), c in zip(measured, comparisons, strict=True) if v.trainer == "fast"] or comparisons
+    fast = [c for (v, _), c in zip(measured, comparisons, strict=True) if v.trainer != "plain"] or comparisons
     best = min(fast, key=lambda c: c.ours_s)
     headline = Comparison(
         "sweep", best.reference_s, best.ours_s, all(c.equal for c in comparisons), {"fastest": best.name[6:]}
@@ -403,6 +421,8 @@ def run(args: argparse.Namespace) -> int:
         "(the authors' test loader), the evaluator in cache-sized ones (train.eval_batch_size)"
         + (f", CUDA peak {ref['cuda_max_allocated_mb']:.0f} MB" if "cuda_max_allocated_mb" in ref else ""),
         "variants: nas_proxy.evaluate.evaluate(trainer=plain|fast, n_jobs=N), one torch thread per worker; "
+        "grouped: evaluate(batch_candidates=True), candidates of one group_key (depth, width, pooling) as one "
+        "stacked network (groups: how many networks); "
         "seconds of the evaluate call (worker start-up and the results store included), data loading excluded",
         "each side in a fresh process, so peak RSS (ru_maxrss) is its own; peak_worker_rss_mb: the largest "
         "reaped child's ru_maxrss, which Linux counts from the fork, so it is at least the parent's size then",
@@ -424,6 +444,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     out_dir, suffix = record_target(args.out, smoke=args.smoke, quick=args.quick, synthetic=args.synthetic)
+    suffix += f"-{args.tag}" if args.tag else ""
     path = write_record("sweep", info, comparisons, settings, notes, out_dir=out_dir, suffix=suffix)
     print(f"wrote {path}")
     print(

@@ -266,6 +266,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         backend=args.backend, scheduler=args.scheduler, rankers=args.rankers or (), ground_truth=args.ground_truth,
         data_root=args.data_root, device=args.device, progress=_bar(args),
         batch_seeds={"auto": None, "yes": True, "no": False}[args.batch_seeds],
+        batch_candidates={"auto": None, "yes": True, "no": False}[args.batch_candidates],
     )
     print(f"store:    {res.out_dir}")
     print(f"runs:     {res.planned} planned, {res.skipped} already stored, {res.trained} trained now "
@@ -298,6 +299,9 @@ def _add_evaluate(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (default: a local cluster)")
     p.add_argument("--batch-seeds", default="auto", choices=["auto", "yes", "no"],
                    help="train a candidate's seeds as one stacked network (auto: on a GPU only)")
+    p.add_argument("--batch-candidates", default="auto", choices=["auto", "yes", "no"],
+                   help="train candidates of equal depth, width and pooling (and their seeds) as one stacked "
+                        "network (auto: on a GPU only)")
     p.add_argument("--rankers", default=None, metavar="all|NAME,...", help="training-free rankers to score too")
     p.add_argument("--ground-truth", default=None, metavar="FILE", help="whole-data rows from an exported .csv")
     p.add_argument("--data-root", default=None, help="folder holding the dataset's files")

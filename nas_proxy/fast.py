@@ -1,4 +1,4 @@
-"""Train several seeds of one candidate fast: one stacked network, worker processes, or the plain loop.
+"""Train seeds of a candidate, or candidates of one shape, fast: stacked nets, worker processes, the plain loop.
 
 ``train_many(spec, train, test, config, seeds)`` returns what ``[train_and_evaluate(spec, train,
 test, config, s) for s in seeds]`` returns, to float tolerance, by one of these strategies:
@@ -11,6 +11,9 @@ test, config, s) for s in seeds]`` returns, to float tolerance, by one of these 
   The loss is the sum of the R mean losses, so each model's gradient is its own; SGD is elementwise,
   so SGD on the stacked tensors is R independent SGDs. One Python step trains R models: this wins
   where a step is overhead-bound (narrow nets, GPUs).
+  Candidates of one :func:`group_key` (depth, width, pooling) stack the same way with their own
+  norms and activations (:func:`train_candidates`, the evaluator's ``batch_candidates``): where
+  models differ, each run of equal layers acts on its own channel blocks.
 - ``parallel``: seeds split over ``n_jobs`` joblib (loky) worker processes with one torch thread
   each, each worker running ``loop`` or ``stacked`` on its share. On a CPU, narrow nets use one
   core badly (small kernels, Python overhead), so two one-thread workers beat one two-thread
@@ -43,7 +46,7 @@ from torch import nn
 
 from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError, UnknownNameError
-from nas_proxy.models import ConvNet, build_model, count_flops, count_params
+from nas_proxy.models import ConvNet, build_model, count_flops, count_params, first_padding
 from nas_proxy.space import ArchSpec
 from nas_proxy.train import (
     EpochCallback,
@@ -91,80 +94,165 @@ _ACT_FNS: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
 
 @dataclass
 class _Layer:
-    """One layer of the stacked network: a kind, its stacked tensors, and fixed settings."""
+    """One run of identical layers of consecutive models: a kind, its stacked tensors, fixed settings."""
 
-    kind: str  # conv | bn | gn | ln | act | maxpool | avgpool
+    kind: str  # conv | bn | gn | ln | act | maxpool | avgpool | identity
     tensors: dict[str, torch.Tensor]
     settings: dict[str, Any]
 
 
-class StackedConvNets:
-    """R ConvNets of one spec as one network with R times the channels (see the module docstring).
+@dataclass(frozen=True)
+class _Segment:
+    """Models ``start:stop`` of a stacked row and the layer they share there."""
 
-    Built from the R ``ConvNet`` modules (so initial weights are exactly theirs); ``write_back``
-    copies the trained tensors into those modules again.
+    start: int
+    stop: int
+    layer: _Layer
+
+
+def group_key(spec: ArchSpec) -> tuple[int, int, str]:
+    """Architectures with equal keys (depth, width, pooling) can train as one stacked network.
+
+    Their convolutions, pooling and head have the same shapes, so they stack as for seeds of one
+    candidate; norms and activations may differ, and each model gets its own (see ``StackedConvNets``).
+    """
+    return (spec.depth, spec.width, spec.pool)
+
+
+def _layer_of(mods: Sequence[nn.Module]) -> _Layer:
+    """The stacked layer of modules of one kind and setting (one module per model)."""
+    first = mods[0]
+    if isinstance(first, nn.Conv2d):
+        return _Layer(
+            "conv",
+            {"weight": _cat(m.weight for m in mods), "bias": _cat(m.bias for m in mods)},
+            {"padding": first.padding, "in_channels": first.in_channels},
+        )
+    if isinstance(first, nn.BatchNorm2d):
+        return _Layer(
+            "bn",
+            {
+                "weight": _cat(m.weight for m in mods),
+                "bias": _cat(m.bias for m in mods),
+                "running_mean": _cat((m.running_mean for m in mods), grad=False),
+                "running_var": _cat((m.running_var for m in mods), grad=False),
+            },
+            {"momentum": first.momentum, "eps": first.eps},
+        )
+    if isinstance(first, nn.GroupNorm):
+        return _Layer(
+            "gn",
+            {"weight": _cat(m.weight for m in mods), "bias": _cat(m.bias for m in mods)},
+            {"groups": first.num_groups, "eps": first.eps},
+        )
+    if isinstance(first, nn.LayerNorm):
+        return _Layer(
+            "ln",
+            {"weight": _stack(m.weight for m in mods), "bias": _stack(m.bias for m in mods)},
+            {"shape": tuple(first.normalized_shape), "eps": first.eps},
+        )
+    if type(first) in _ACT_FNS:
+        return _Layer("act", {}, {"fn": _ACT_FNS[type(first)]})
+    if isinstance(first, nn.MaxPool2d | nn.AvgPool2d):
+        return _Layer("maxpool" if isinstance(first, nn.MaxPool2d) else "avgpool", {}, {})
+    if isinstance(first, nn.Identity):
+        return _Layer("identity", {}, {})
+    # A new layer type in models.py must be taught here, not silently skipped.
+    raise NasProxyError(f"stacked training does not know layer {type(first).__name__}")
+
+
+def _signature(m: nn.Module) -> tuple[Any, ...]:
+    """What must agree for two models' layers to be one stacked layer (their type and settings)."""
+    if isinstance(m, nn.GroupNorm):
+        return (nn.GroupNorm, m.num_groups, m.eps)
+    if isinstance(m, nn.BatchNorm2d):
+        return (nn.BatchNorm2d, m.momentum, m.eps)
+    if isinstance(m, nn.LayerNorm):
+        return (nn.LayerNorm, tuple(m.normalized_shape), m.eps)
+    if isinstance(m, nn.LeakyReLU):
+        return (nn.LeakyReLU, m.negative_slope)
+    return (type(m),)
+
+
+def _segments(mods: Sequence[nn.Module]) -> list[_Segment]:
+    """One row of layers (one module per model) as runs of consecutive models with equal layers."""
+    out: list[_Segment] = []
+    start = 0
+    for i in range(1, len(mods) + 1):
+        if i == len(mods) or _signature(mods[i]) != _signature(mods[start]):
+            out.append(_Segment(start, i, _layer_of(mods[start:i])))
+            start = i
+    return out
+
+
+def _apply(layer: _Layer, x: torch.Tensor, r: int, *, training: bool, grouped: bool) -> torch.Tensor:
+    """``layer`` of ``r`` models on their channel blocks ``x`` (N, r*C, H, W)."""
+    t, s = layer.tensors, layer.settings
+    if layer.kind == "conv":
+        return F.conv2d(x, t["weight"], t["bias"], padding=s["padding"], groups=r if grouped else 1)
+    if layer.kind == "bn":
+        return F.batch_norm(
+            x,
+            t["running_mean"],
+            t["running_var"],
+            t["weight"],
+            t["bias"],
+            training=training,
+            momentum=s["momentum"],
+            eps=s["eps"],
+        )
+    if layer.kind == "gn":
+        return F.group_norm(x, s["groups"] * r, t["weight"], t["bias"], s["eps"])
+    if layer.kind == "ln" and r == 1:  # the fused native kernel, on views of the stacked affine
+        return F.layer_norm(x, s["shape"], t["weight"][0], t["bias"][0], s["eps"])
+    if layer.kind == "ln":
+        n, (c, h, w) = x.shape[0], s["shape"]
+        y = F.layer_norm(x.reshape(n, r, c, h, w), (c, h, w), eps=s["eps"])
+        return torch.addcmul(t["bias"], y, t["weight"]).reshape(n, r * c, h, w)
+    if layer.kind == "act":
+        out: torch.Tensor = s["fn"](x)
+        return out
+    if layer.kind == "maxpool":
+        return F.max_pool2d(x, 2, 2)
+    if layer.kind == "avgpool":
+        return avg_pool_2x2(x)
+    return x  # identity
+
+
+class StackedConvNets:
+    """R ConvNets of one group as one network with R times the channels (see the module docstring).
+
+    The models share :func:`group_key` (depth, width, pooling): seeds of one candidate, or several
+    candidates. A row of layers where models differ (their norms or activations) is a list of
+    segments, runs of consecutive models with the same layer, each applied to its channel blocks
+    (order the models by norm and activation to keep the runs few). Built from the R ``ConvNet``
+    modules (so initial weights are exactly theirs); ``write_back`` copies the trained tensors
+    into those modules again.
     """
 
     def __init__(self, models: Sequence[ConvNet]) -> None:
         if not models:
             raise NasProxyError("need at least one model to stack")
+        keys = {(group_key(m.spec), m.feature_shape, getattr(m.features[0], "in_channels", None)) for m in models}
+        if len(keys) > 1:
+            ids = ", ".join(dict.fromkeys(m.spec.id for m in models))
+            raise NasProxyError(
+                f"models of different depth, width, pooling or input cannot train as one stacked network: {ids}"
+            )
         self.models = list(models)
         self.r = len(models)
-        self.layers: list[_Layer] = []
-        rows = zip(*(m.features for m in models), strict=True)
-        for mods in rows:
-            first = mods[0]
-            if isinstance(first, nn.Conv2d):
-                self.layers.append(
-                    _Layer(
-                        "conv",
-                        {"weight": _cat(m.weight for m in mods), "bias": _cat(m.bias for m in mods)},
-                        {"padding": first.padding, "in_channels": first.in_channels},
-                    )
-                )
-            elif isinstance(first, nn.BatchNorm2d):
-                self.layers.append(
-                    _Layer(
-                        "bn",
-                        {
-                            "weight": _cat(m.weight for m in mods),
-                            "bias": _cat(m.bias for m in mods),
-                            "running_mean": _cat((m.running_mean for m in mods), grad=False),
-                            "running_var": _cat((m.running_var for m in mods), grad=False),
-                        },
-                        {"momentum": first.momentum, "eps": first.eps},
-                    )
-                )
-            elif isinstance(first, nn.GroupNorm):
-                self.layers.append(
-                    _Layer(
-                        "gn",
-                        {"weight": _cat(m.weight for m in mods), "bias": _cat(m.bias for m in mods)},
-                        {"groups": first.num_groups * self.r, "eps": first.eps},
-                    )
-                )
-            elif isinstance(first, nn.LayerNorm):
-                self.layers.append(
-                    _Layer(
-                        "ln",
-                        {"weight": _stack(m.weight for m in mods), "bias": _stack(m.bias for m in mods)},
-                        {"shape": tuple(first.normalized_shape), "eps": first.eps},
-                    )
-                )
-            elif type(first) in _ACT_FNS:
-                self.layers.append(_Layer("act", {}, {"fn": _ACT_FNS[type(first)]}))
-            elif isinstance(first, nn.MaxPool2d | nn.AvgPool2d):
-                self.layers.append(_Layer("maxpool" if isinstance(first, nn.MaxPool2d) else "avgpool", {}, {}))
-            elif isinstance(first, nn.Identity):
-                continue
-            else:  # a new layer type in models.py must be taught here, not silently skipped
-                raise NasProxyError(f"stacked training does not know layer {type(first).__name__}")
+        self.rows: list[list[_Segment]] = []
+        for mods in zip(*(m.features for m in models), strict=True):
+            if not all(isinstance(m, nn.Identity) for m in mods):  # a row of no-ops needs no layer
+                self.rows.append(_segments(mods))
         self.head_weight = _stack(m.classifier.weight for m in models)  # (R, K, F)
         self.head_bias = _stack(m.classifier.bias for m in models)  # (R, K)
 
     def parameters(self) -> list[torch.Tensor]:
         """The trainable stacked tensors (leaves with ``requires_grad``)."""
-        params = [t for layer in self.layers for k, t in layer.tensors.items() if not k.startswith("running")]
+        params = [
+            t for row in self.rows for seg in row for k, t in seg.layer.tensors.items() if not k.startswith("running")
+        ]
         return [*params, self.head_weight, self.head_bias]
 
     def forward(self, x: torch.Tensor, *, training: bool, channels_last: bool = False) -> torch.Tensor:
@@ -177,38 +265,23 @@ class StackedConvNets:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         first_conv = True
-        for layer in self.layers:
-            t, s = layer.tensors, layer.settings
-            if layer.kind == "conv":
+        for row in self.rows:
+            if len(row) == 1:
+                layer = row[0].layer
                 # A shared input feeds every model: one plain conv with R*W outputs; else grouped.
-                groups = 1 if (first_conv and shared) else r
-                x = F.conv2d(x, t["weight"], t["bias"], padding=s["padding"], groups=groups)
-                first_conv = False
-            elif layer.kind == "bn":
-                x = F.batch_norm(
-                    x,
-                    t["running_mean"],
-                    t["running_var"],
-                    t["weight"],
-                    t["bias"],
-                    training=training,
-                    momentum=s["momentum"],
-                    eps=s["eps"],
-                )
-            elif layer.kind == "gn":
-                x = F.group_norm(x, s["groups"], t["weight"], t["bias"], s["eps"])
-            elif layer.kind == "ln" and r == 1:  # the fused native kernel, on views of the stacked affine
-                x = F.layer_norm(x, s["shape"], t["weight"][0], t["bias"][0], s["eps"])
-            elif layer.kind == "ln":
-                c, h, w = s["shape"]
-                y = F.layer_norm(x.reshape(n, r, c, h, w), (c, h, w), eps=s["eps"])
-                x = torch.addcmul(t["bias"], y, t["weight"]).reshape(n, r * c, h, w)
-            elif layer.kind == "act":
-                x = s["fn"](x)
-            elif layer.kind == "maxpool":
-                x = F.max_pool2d(x, 2, 2)
-            else:
-                x = avg_pool_2x2(x)
+                x = _apply(layer, x, r, training=training, grouped=not (first_conv and shared))
+                first_conv = first_conv and layer.kind != "conv"
+                continue
+            # Models differ here (a norm or an activation, never a conv): each run on its channels.
+            block = x.shape[1] // r
+            parts = torch.split(x, [(seg.stop - seg.start) * block for seg in row], dim=1)
+            x = torch.cat(
+                [
+                    _apply(seg.layer, part, seg.stop - seg.start, training=training, grouped=True)
+                    for seg, part in zip(row, parts, strict=True)
+                ],
+                dim=1,
+            )
         if r == 1:  # nn.Linear's own kernel: bit-identical to the plain loop (a bmm head drifts 1e-2 in 100 steps)
             return F.linear(x.reshape(n, -1), self.head_weight[0], self.head_bias[0]).unsqueeze(0)
         feats = x.reshape(n, r, -1).transpose(0, 1)  # (R, N, F): each model's flatten order
@@ -217,20 +290,22 @@ class StackedConvNets:
     @torch.no_grad()
     def write_back(self) -> list[ConvNet]:
         """Copy the stacked tensors into the R original modules and return them."""
-        layers = iter(self.layers)
+        rows = iter(self.rows)
         for mods in zip(*(m.features for m in self.models), strict=True):
-            if isinstance(mods[0], nn.Identity):  # no layer was made for it
+            if all(isinstance(m, nn.Identity) for m in mods):  # no row was made for it
                 continue
-            layer = next(layers)
-            for name, stacked in layer.tensors.items():
-                # LayerNorm and head tensors were stacked on a new dim; the rest concatenated.
-                parts = stacked.unbind(0) if layer.kind == "ln" else stacked.chunk(self.r, dim=0)
-                for m, part in zip(mods, parts, strict=True):
-                    getattr(m, name).copy_(part)
-            if layer.kind == "bn":
-                for m in mods:
-                    if isinstance(m, nn.BatchNorm2d) and m.num_batches_tracked is not None:
-                        m.num_batches_tracked.add_(self.steps_done - self._steps_written)
+            for seg in next(rows):
+                layer, owners = seg.layer, mods[seg.start : seg.stop]
+                count = seg.stop - seg.start
+                for name, stacked in layer.tensors.items():
+                    # LayerNorm and head tensors were stacked on a new dim; the rest concatenated.
+                    parts = stacked.unbind(0) if layer.kind == "ln" else stacked.chunk(count, dim=0)
+                    for m, part in zip(owners, parts, strict=True):
+                        getattr(m, name).copy_(part)
+                if layer.kind == "bn":
+                    for m in owners:
+                        if isinstance(m, nn.BatchNorm2d) and m.num_batches_tracked is not None:
+                            m.num_batches_tracked.add_(self.steps_done - self._steps_written)
         for m, w, b in zip(self.models, self.head_weight, self.head_bias, strict=True):
             m.classifier.weight.copy_(w)
             m.classifier.bias.copy_(b)
@@ -420,6 +495,31 @@ def train_stacked(
     return net, stats
 
 
+def _train_chunk(
+    specs: Sequence[ArchSpec],
+    seeds: Sequence[int],
+    train: Split,
+    test: Split,
+    config: TrainConfig,
+    options: FastOptions,
+) -> list[RunOutcome]:
+    """One stacked network of these (spec, seed) runs (one group), trained, then tested stacked."""
+    start = time.perf_counter()
+    models = [
+        build_model(spec, train.in_channels, train.image_size, train.num_classes, seed=s).to(train.device)
+        for spec, s in zip(specs, seeds, strict=True)
+    ]
+    net, stats = train_stacked(models, train, config, seeds, options=options)
+    accs = stacked_accuracy(net, test)
+    seconds = (time.perf_counter() - start) / len(models)  # the runs overlap: each gets an even share
+    return [
+        RunOutcome(float("nan"), seconds, st.steps, count_params(m), "diverged")
+        if st.diverged
+        else RunOutcome(acc, seconds, st.steps, count_params(m), "ok")
+        for m, acc, st in zip(models, accs, stats, strict=True)
+    ]
+
+
 def _train_stacked(
     spec: ArchSpec,
     train: Split,
@@ -429,26 +529,79 @@ def _train_stacked(
     options: FastOptions,
     stack_size: int,
 ) -> list[RunOutcome]:
-    """Seeds in chunks of ``stack_size``, each chunk one stacked network, then tested stacked."""
+    """Seeds in chunks of ``stack_size``, each chunk one stacked network."""
     outcomes: list[RunOutcome] = []
     for j in range(0, len(seeds), stack_size):
         chunk = seeds[j : j + stack_size]
-        start = time.perf_counter()
-        models = [
-            build_model(spec, train.in_channels, train.image_size, train.num_classes, seed=s).to(train.device)
-            for s in chunk
-        ]
-        net, stats = train_stacked(models, train, config, chunk, options=options)
-        accs = stacked_accuracy(net, test)
-        seconds = (time.perf_counter() - start) / len(chunk)
-        n_params = count_params(models[0])
-        outcomes += [
-            RunOutcome(float("nan"), seconds, st.steps, n_params, "diverged")
-            if st.diverged
-            else RunOutcome(acc, seconds, st.steps, n_params, "ok")
-            for acc, st in zip(accs, stats, strict=True)
-        ]
+        outcomes += _train_chunk([spec] * len(chunk), chunk, train, test, config, options)
     return outcomes
+
+
+def step_memory(spec: ArchSpec, in_channels: int, image_size: int, batch: int) -> int:
+    """Rough bytes one model's training step holds at its peak (float32 activations).
+
+    Each block keeps about six maps of its size alive at once (conv, norm and activation outputs
+    kept for the backward pass, and their gradients); weights are small next to them.
+    """
+    total, size = 0, image_size
+    for d in range(spec.depth):
+        size += 2 * (first_padding(in_channels) if d == 0 else 1) - 2
+        total += 6 * 4 * batch * spec.width * size * size
+        if spec.pool != "none":
+            size //= 2
+    return total
+
+
+def default_group_memory(device: torch.device) -> int:
+    """Activation bytes a stacked group may take: a quarter of a GPU's memory, 2 GiB elsewhere."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory // 4)
+    return 2 << 30
+
+
+def train_candidates(
+    runs: Sequence[tuple[ArchSpec | str, int]],
+    train: Split,
+    test: Split,
+    config: TrainConfig,
+    *,
+    max_group: int | None = None,
+    group_memory: int | None = None,
+    options: FastOptions | None = None,
+) -> list[RunOutcome]:
+    """``[train_and_evaluate(spec, train, test, config, seed) for spec, seed in runs]``, to float tolerance, stacked.
+
+    Runs whose architectures share :func:`group_key` (depth, width, pooling; norms and
+    activations may differ) train as one stacked network: candidates of a sweep, seeds, or both.
+    A group is split into chunks of at most ``max_group`` models whose step fits ``group_memory``
+    bytes (default :func:`default_group_memory`, by :func:`step_memory`). This is the GPU path of
+    a whole sweep: convnet720's 720 candidates are 48 groups of 15, so a step trains 15 small
+    networks for the launches of about one. On a CPU stacking several models loses (see
+    :func:`choose_plan`), so the evaluator takes this path there only when asked.
+    A model that diverges is reported as such and touches no other model of its group.
+    Results come back in ``runs`` order.
+    """
+    specs = [ArchSpec.from_id(a) if isinstance(a, str) else a for a, _ in runs]
+    seeds = [int(s) for _, s in runs]
+    if max_group is not None and max_group < 1:
+        raise NasProxyError(f"max_group must be at least 1, got {max_group}")
+    budget = default_group_memory(train.device) if group_memory is None else group_memory
+    batch = min(config.batch_size, len(train))
+    groups: dict[tuple[int, int, str], list[int]] = {}
+    for i, spec in enumerate(specs):
+        groups.setdefault(group_key(spec), []).append(i)
+    outcomes: dict[int, RunOutcome] = {}
+    for members in groups.values():
+        members.sort(key=lambda i: (specs[i].norm, specs[i].act))  # equal layers side by side: few segments
+        per_model = step_memory(specs[members[0]], train.in_channels, train.image_size, batch)
+        size = max(1, min(max_group or len(members), budget // max(per_model, 1)))
+        for j in range(0, len(members), size):
+            chunk = members[j : j + size]
+            outs = _train_chunk(
+                [specs[i] for i in chunk], [seeds[i] for i in chunk], train, test, config, options or FastOptions()
+            )
+            outcomes.update(zip(chunk, outs, strict=True))
+    return [outcomes[i] for i in range(len(runs))]
 
 
 @torch.no_grad()
@@ -681,9 +834,13 @@ __all__ = [
     "StackedConvNets",
     "avg_pool_2x2",
     "choose_plan",
+    "default_group_memory",
+    "group_key",
     "keep_freed_memory",
     "stacked_accuracy",
+    "step_memory",
     "train_and_evaluate_fast",
+    "train_candidates",
     "train_many",
     "train_model_fast",
     "train_stacked",

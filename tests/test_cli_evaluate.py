@@ -116,3 +116,17 @@ def test_runs_and_report_on_a_missing_directory_exit_2(tmp_path: Path, capsys: p
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "is not a run directory" in err
+
+
+def test_batch_candidates_from_the_command_line(
+    proxy_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = [*BASE, "--proxy", str(proxy_file), "--seeds", "0", "1", "--batch-candidates", "yes", "--out", str(out)]
+    assert main(argv) == 0
+    assert "8 planned, 0 already stored, 8 trained now (8 ok" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own check of the choices
+        main([*BASE, "--proxy", str(proxy_file), "--batch-candidates", "maybe", "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "--batch-candidates" in err and "\n" not in err

@@ -318,3 +318,26 @@ def test_demo_runs_end_to_end_on_a_small_config(tmp_path: Path) -> None:
     assert (tmp_path / "report" / "report.md").exists()
     again = run_demo(tmp_path, config=cfg, n_jobs=1, progress=False)  # resumes: reuses proxies and rows
     assert again.markdown.split("| Time cost")[0] == result.markdown.split("| Time cost")[0]
+
+
+def test_batched_candidates_equal_one_by_one(data: tuple[Split, Split], specs: list[str], tmp_path: Path) -> None:
+    """Candidates of one group (and their seeds) trained as one stacked network, in workers too."""
+    from nas_proxy.evaluate import _groups, _jobs
+
+    train, test = data
+    sources = _sources(train)  # a proxy (full batch), early stopping (mini-batches) and the whole set
+    seeds = (0, 1)
+    tasks = _groups(_jobs(specs, sources, seeds), batch_seeds=False, grouped_sources={s.id for s in sources[:2]})
+    runs = len(specs) * len(seeds)
+    assert sorted(len(t) for t in tasks) == [1] * runs + [runs] * 2  # whole-data runs stay one by one
+    evaluate(specs, sources, test, out_dir=tmp_path / "one", seeds=seeds, progress=False, batch_candidates=False)
+    for n_jobs in (1, 2):
+        out = tmp_path / f"group-{n_jobs}"
+        res = evaluate(
+            specs, sources, test, out_dir=out, seeds=seeds, n_jobs=n_jobs, progress=False, batch_candidates=True
+        )
+        assert res.trained == runs * len(sources) == res.ok
+        one, many = _results(tmp_path / "one"), _results(out)
+        exact = [c for c in RESULT_COLUMNS if c != "accuracy"]
+        pd.testing.assert_frame_equal(one[exact], many[exact])
+        assert (one["accuracy"] - many["accuracy"]).abs().max() <= 2 / len(test)

@@ -16,13 +16,17 @@ from nas_proxy.fast import (
     Plan,
     avg_pool_2x2,
     choose_plan,
+    group_key,
+    stacked_accuracy,
+    step_memory,
     train_and_evaluate_fast,
+    train_candidates,
     train_many,
     train_model_fast,
     train_stacked,
 )
 from nas_proxy.models import build_model
-from nas_proxy.space import ArchSpec
+from nas_proxy.space import ArchSpec, load_space
 from nas_proxy.train import RunOutcome, TrainConfig, train_and_evaluate, train_model
 
 # One of every norm, every pool, every activation; all tiny.
@@ -197,3 +201,70 @@ def test_bad_arguments_name_the_problem(data: tuple[Split, Split]) -> None:
     with pytest.raises(UnknownNameError):
         Plan("auto")
     assert train_many(SPECS[0], train, test, FULL_BATCH, []) == []
+
+
+# Every norm and activation at one depth, width and pooling: one group (group_key), 15 candidates.
+GROUP = [f"ConvNet-D2-W4-{act}-{norm}-AP" for norm in ("NN", "BN", "LN", "IN", "GN") for act in ("AS", "AR", "AL")]
+
+
+@pytest.mark.parametrize("config", [FULL_BATCH, MINI_BATCH], ids=["full-batch", "mini-batch"])
+def test_a_group_of_different_candidates_trains_as_each_alone(data: tuple[Split, Split], config: TrainConfig) -> None:
+    """Mixed norms and activations in one stacked network: every model's tensors as if trained alone."""
+    train, _ = data
+    order = GROUP[::-1][:7] + GROUP[:3]  # unsorted, with one architecture twice (other seed)
+    seeds = list(range(len(order)))
+    reference = [build_model(a, seed=s) for a, s in zip(order, seeds, strict=True)]
+    ref_stats = [train_model(m, train, config, s) for m, s in zip(reference, seeds, strict=True)]
+    models = [build_model(a, seed=s) for a, s in zip(order, seeds, strict=True)]
+    _, stats = train_stacked(models, train, config, seeds)
+    assert [s.steps for s in stats] == [s.steps for s in ref_stats]
+    for arch, ref, got in zip(order, reference, models, strict=True):
+        ref_state, got_state = ref.state_dict(), got.state_dict()
+        assert ref_state.keys() == got_state.keys()
+        for key, value in ref_state.items():
+            torch.testing.assert_close(got_state[key], value, rtol=1e-4, atol=1e-5, msg=f"{arch} {key}")
+
+
+def test_train_candidates_matches_one_by_one_in_input_order(data: tuple[Split, Split]) -> None:
+    train, test = data
+    # Two groups interleaved (pooling differs), one candidate with two seeds.
+    runs = [(GROUP[4], 0), ("ConvNet-D2-W4-AR-BN-MP", 1), (GROUP[9], 2), (GROUP[4], 3), (GROUP[13], 4)]
+    expected = [train_and_evaluate(a, train, test, FULL_BATCH, s) for a, s in runs]
+    for max_group in (None, 2):
+        got = train_candidates(runs, train, test, FULL_BATCH, max_group=max_group)
+        assert_same_outcomes(expected, got, len(test))
+    # A tiny memory budget leaves one model per network: then every run is bit-identical to the loop.
+    alone = train_candidates(runs, train, test, FULL_BATCH, group_memory=1)
+    assert [o.accuracy for o in alone] == [o.accuracy for o in expected]
+
+
+def test_a_diverging_candidate_leaves_its_group_alone(data: tuple[Split, Split]) -> None:
+    train, test = data
+    runs = [(a, 0) for a in GROUP[3:9]]
+    expected = [train_and_evaluate(a, train, test, FULL_BATCH, s) for a, s in runs]
+    models = [build_model(a, seed=s) for a, s in runs]
+    with torch.no_grad():
+        models[2].classifier.weight[0, 0] = float("nan")  # this one is broken from the start
+    net, stats = train_stacked(models, train, FULL_BATCH, [s for _, s in runs])
+    assert [s.diverged for s in stats] == [i == 2 for i in range(len(runs))]
+    for i, (acc, ref) in enumerate(zip(stacked_accuracy(net, test), expected, strict=True)):
+        if i != 2:
+            assert abs(acc - ref.accuracy) <= 1 / len(test) + 1e-9
+
+
+def test_group_key_and_memory_bound_the_groups(data: tuple[Split, Split]) -> None:
+    train, _ = data
+    assert len({group_key(ArchSpec.from_id(a)) for a in GROUP}) == 1
+    space_keys = {group_key(s) for s in load_space("convnet720")}
+    assert len(space_keys) == 48  # 4 depths x 4 widths x 3 poolings, 15 candidates each
+    small, big = (ArchSpec.from_id(a) for a in ("ConvNet-D1-W32-AR-IN-AP", "ConvNet-D4-W256-AR-IN-NP"))
+    assert 0 < step_memory(small, 1, 28, 100) < step_memory(big, 1, 28, 100)
+    with pytest.raises(NasProxyError, match="depth, width, pooling"):
+        train_stacked(
+            [build_model("ConvNet-D2-W4-AR-IN-AP", seed=0), build_model("ConvNet-D2-W8-AR-IN-AP", seed=0)],
+            train,
+            FULL_BATCH,
+            [0, 0],
+        )
+    with pytest.raises(NasProxyError, match="max_group"):
+        train_candidates([(GROUP[0], 0)], train, train, FULL_BATCH, max_group=0)
