@@ -119,21 +119,24 @@ def group_key(spec: ArchSpec) -> tuple[int, int, str]:
     return (spec.depth, spec.width, spec.pool)
 
 
+def _affine(mods: Sequence[Any], join: Callable[[Any], torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"weight": join(m.weight for m in mods), "bias": join(m.bias for m in mods)}
+
+
 def _layer_of(mods: Sequence[nn.Module]) -> _Layer:
     """The stacked layer of modules of one kind and setting (one module per model)."""
     first = mods[0]
     if isinstance(first, nn.Conv2d):
         return _Layer(
             "conv",
-            {"weight": _cat(m.weight for m in mods), "bias": _cat(m.bias for m in mods)},
+            _affine(mods, _cat),
             {"padding": first.padding, "in_channels": first.in_channels},
         )
     if isinstance(first, nn.BatchNorm2d):
         return _Layer(
             "bn",
             {
-                "weight": _cat(m.weight for m in mods),
-                "bias": _cat(m.bias for m in mods),
+                **_affine(mods, _cat),
                 "running_mean": _cat((m.running_mean for m in mods), grad=False),
                 "running_var": _cat((m.running_var for m in mods), grad=False),
             },
@@ -142,13 +145,13 @@ def _layer_of(mods: Sequence[nn.Module]) -> _Layer:
     if isinstance(first, nn.GroupNorm):
         return _Layer(
             "gn",
-            {"weight": _cat(m.weight for m in mods), "bias": _cat(m.bias for m in mods)},
+            _affine(mods, _cat),
             {"groups": first.num_groups, "eps": first.eps},
         )
     if isinstance(first, nn.LayerNorm):
         return _Layer(
             "ln",
-            {"weight": _stack(m.weight for m in mods), "bias": _stack(m.bias for m in mods)},
+            _affine(mods, _stack),
             {"shape": tuple(first.normalized_shape), "eps": first.eps},
         )
     if type(first) in _ACT_FNS:
