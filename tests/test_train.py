@@ -7,7 +7,15 @@ from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError
 from nas_proxy.models import build_model
 from nas_proxy.space import ArchSpec
-from nas_proxy.train import CPU_EVAL_BYTES, TrainConfig, accuracy, eval_batch_size, train_and_evaluate, train_model
+from nas_proxy.train import (
+    CPU_EVAL_BYTES,
+    GPU_EVAL_BYTES,
+    TrainConfig,
+    accuracy,
+    eval_batch_size,
+    train_and_evaluate,
+    train_model,
+)
 
 SMALL = ArchSpec(depth=2, width=8)
 
@@ -79,6 +87,21 @@ def test_eval_batch_size_keeps_an_activation_near_the_cache_budget() -> None:
         assert b == 16 or b * w * 28 * 28 * 4 <= CPU_EVAL_BYTES
     assert sizes[8] > sizes[32] > sizes[128]  # wider nets, fewer images a forward
     assert sizes[4096] == 16 and sizes[1] == 2048
+
+
+def test_eval_batch_size_on_an_accelerator_is_large_but_bounded() -> None:
+    """Meta tensors stand in for a GPU's: big batches, but a stack of 15 wide nets gets few images."""
+    split = Split(
+        torch.zeros(4, 1, 28, 28, device="meta"),
+        torch.zeros(4, dtype=torch.long, device="meta"),
+        10,
+        "t",
+        (0.0,),
+        (1.0,),
+    )
+    assert eval_batch_size(split, 128) == 2048
+    stacked = eval_batch_size(split, 15 * 256)
+    assert 16 <= stacked < 2048 and stacked * 15 * 256 * 28 * 28 * 4 <= GPU_EVAL_BYTES
 
 
 @pytest.mark.parametrize("arch", ["ConvNet-D2-W8-AR-IN-AP", "ConvNet-D2-W4-AS-BN-MP", "ConvNet-D1-W4-AL-LN-NP"])
