@@ -416,7 +416,7 @@ def train_stacked(
     options: FastOptions | None = None,
     on_epoch: Callable[[int, StackedConvNets], None] | None = None,
 ) -> tuple[StackedConvNets, list[TrainStats]]:
-    """Train ``models`` (one spec, on ``train``'s device) in place as one stacked network.
+    """Train ``models`` (one :func:`group_key`, on ``train``'s device) in place as one stacked network.
 
     ``train_model(models[i], train, config, seeds[i])`` for every i, to float tolerance (one model
     on a CPU: bit for bit): the same batch order (each seed's own ``randperm``), learning-rate
