@@ -233,6 +233,9 @@ def test_train_candidates_matches_one_by_one_in_input_order(data: tuple[Split, S
     for max_group in (None, 2):
         got = train_candidates(runs, train, test, FULL_BATCH, max_group=max_group)
         assert_same_outcomes(expected, got, len(test))
+    # The GPU's memory format (run here on a CPU: same numbers to float tolerance).
+    nhwc = train_candidates(runs, train, test, FULL_BATCH, options=FastOptions(channels_last=True))
+    assert_same_outcomes(expected, nhwc, len(test))
     # A tiny memory budget leaves one model per network: then every run is bit-identical to the loop.
     alone = train_candidates(runs, train, test, FULL_BATCH, group_memory=1)
     assert [o.accuracy for o in alone] == [o.accuracy for o in expected]
