@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nas_proxy.data import Split, load_dataset, make_synthetic
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
-from nas_proxy.fast import group_key
+from nas_proxy.fast import FastOptions, group_key
 from nas_proxy.models import build_model
 from nas_proxy.space import ArchSpec
 from nas_proxy.train import TrainConfig
@@ -220,6 +220,7 @@ def run_child(job: dict[str, Any]) -> dict[str, Any]:
                 progress=False,
                 trainer=trainer,
                 batch_candidates=job["variant"]["trainer"] == "grouped",
+                fast_options=FastOptions.parse(job["fast_options"]),
             )
             seconds = time.perf_counter() - start
             rows = ResultsStore(out_dir).rows()
@@ -301,6 +302,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=0.005, help="accuracy difference still called equal")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", type=Path, default=None, help="record folder (default results/benchmarks; smoke: /tmp)")
+    p.add_argument(
+        "--fast-options",
+        default="none",
+        help="speed switches of grouped runs: channels_last, bf16, compile[=MODE] (GPU options; default none)",
+    )
     p.add_argument("--tag", default="", help="appended to the record's file name (keeps other records)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one side, as JSON
     args = p.parse_args(argv)
@@ -318,6 +324,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, key)
         if value is not None and value < 1:
             p.error(f"--{key.replace('_', '-')} must be a positive integer, got {value}")
+    try:
+        FastOptions.parse(args.fast_options)
+    except NasProxyError as exc:
+        p.error(f"--fast-options: {exc}")
     if args.tag and not all(c.isalnum() or c in "._-" for c in args.tag):
         p.error(f"--tag may hold letters, digits, '.', '_' and '-' only, got {args.tag!r}")
     return args
@@ -367,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
             "ids": ids,
             "seed": args.seed,
             "variant": None,
+            "fast_options": args.fast_options,
         }
         ref = spawn(job)
         print(f"reference loop: {ref['seconds']:.2f} s, peak RSS {ref['rss_self_mb']:.0f} MB", flush=True)
@@ -442,6 +453,7 @@ def run(args: argparse.Namespace) -> int:
         "smoke": args.smoke,
         "synthetic": args.synthetic,
         "seed": args.seed,
+        "fast_options": args.fast_options,
     }
     out_dir, suffix = record_target(args.out, smoke=args.smoke, quick=args.quick, synthetic=args.synthetic)
     suffix += f"-{args.tag}" if args.tag else ""

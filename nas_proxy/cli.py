@@ -258,6 +258,7 @@ def _bar(args: argparse.Namespace) -> bool:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nas_proxy.evaluate import run_evaluation
+    from nas_proxy.fast import FastOptions
 
     res = run_evaluation(
         space=args.space, dataset=args.dataset, proxies=args.proxy or [], full=args.full,
@@ -267,6 +268,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         data_root=args.data_root, device=args.device, progress=_bar(args),
         batch_seeds={"auto": None, "yes": True, "no": False}[args.batch_seeds],
         batch_candidates={"auto": None, "yes": True, "no": False}[args.batch_candidates],
+        fast_options=FastOptions.parse(args.fast_options),
     )
     print(f"store:    {res.out_dir}")
     print(f"runs:     {res.planned} planned, {res.skipped} already stored, {res.trained} trained now "
@@ -302,6 +304,9 @@ def _add_evaluate(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--batch-candidates", default="auto", choices=["auto", "yes", "no"],
                    help="train candidates of equal depth, width and pooling (and their seeds) as one stacked "
                         "network (auto: on a GPU only)")
+    p.add_argument("--fast-options", default="none", metavar="LIST",
+                   help="speed switches of stacked runs: channels_last, bf16, compile[=MODE] (GPU options; "
+                        "bf16 changes results; default none)")
     p.add_argument("--rankers", default=None, metavar="all|NAME,...", help="training-free rankers to score too")
     p.add_argument("--ground-truth", default=None, metavar="FILE", help="whole-data rows from an exported .csv")
     p.add_argument("--data-root", default=None, help="folder holding the dataset's files")

@@ -29,7 +29,7 @@ import torch
 from nas_proxy.data import Split
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
-from nas_proxy.fast import group_key, keep_freed_memory, train_candidates, train_many
+from nas_proxy.fast import FastOptions, group_key, keep_freed_memory, train_candidates, train_many
 from nas_proxy.proxies.artifact import ProxySet
 from nas_proxy.space import ArchSpec
 from nas_proxy.store import STORE_FORMAT, ResultsStore, RunRow, ScoreRow, now_iso
@@ -245,13 +245,15 @@ def _run_group(
     device: str,
     threads: int | None,
     trainer: Trainer,
+    options: FastOptions | None = None,
 ) -> list[RunRow]:
     """The runs of one task; any exception becomes 'failed' rows so the sweep goes on.
 
     One job goes through ``trainer``. Several go through the stacked path together: the seeds of
     a candidate (``batch_seeds``) through :func:`nas_proxy.fast.train_many`, candidates of one
     group (``batch_candidates``) through :func:`nas_proxy.fast.train_candidates`. If that fails,
-    each job is retried alone through ``trainer``, so one bad run marks only itself.
+    each job is retried alone through ``trainer``, so one bad run marks only itself. ``options``:
+    the stacked path's speed switches.
     """
     if threads is not None:  # a worker process of ours
         torch.set_num_threads(threads)
@@ -262,9 +264,11 @@ def _run_group(
         first = group[0]
         try:
             if len({j.arch_id for j in group}) == 1:
-                outs = train_many(first.arch_id, tr, te, first.config, [j.seed for j in group], n_jobs=1)
+                seeds = [j.seed for j in group]
+                outs = train_many(first.arch_id, tr, te, first.config, seeds, n_jobs=1, options=options)
             else:
-                outs = train_candidates([(j.arch_id, j.seed) for j in group], tr, te, first.config)
+                runs = [(j.arch_id, j.seed) for j in group]
+                outs = train_candidates(runs, tr, te, first.config, options=options)
             return [_row(job, out, started) for job, out in zip(group, outs, strict=True)]
         except Exception:  # retried one by one below: the failing run gets its own reason
             pass
@@ -437,13 +441,14 @@ def _execute(
     scheduler: Any,
     device: str,
     trainer: Trainer,
+    options: FastOptions | None = None,
 ) -> Iterator[RunRow]:
     """Yield rows as they finish (any order); each task is a group of jobs (see :func:`_groups`)."""
     by_id = {s.id: s for s in sources}
     used = list(dict.fromkeys(g[0].source_id for g in groups))  # the sources in use (a group shares one)
     if backend == "loky" and n_jobs == 1:
         for group in groups:
-            yield from _run_group(group, by_id[group[0].source_id].split, test, device, None, trainer)
+            yield from _run_group(group, by_id[group[0].source_id].split, test, device, None, trainer, options)
         return
     from joblib import Parallel, delayed, parallel_config
 
@@ -459,7 +464,7 @@ def _execute(
             test_ref = _save_split(test, Path(tmp) / "test.pt")
             parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
             for rows in parallel(
-                delayed(_run_group)(g, refs[g[0].source_id], test_ref, device, 1, trainer) for g in groups
+                delayed(_run_group)(g, refs[g[0].source_id], test_ref, device, 1, trainer, options) for g in groups
             ):
                 yield from rows
         return
@@ -470,7 +475,8 @@ def _execute(
         with parallel_config(backend="dask", scatter=[*splits, test]):
             parallel = Parallel(n_jobs=-1, return_as="generator_unordered")
             for rows in parallel(
-                delayed(_run_group)(g, by_id[g[0].source_id].split, test, device, 1, trainer) for g in groups
+                delayed(_run_group)(g, by_id[g[0].source_id].split, test, device, 1, trainer, options)
+                for g in groups
             ):
                 yield from rows
     finally:
@@ -521,6 +527,7 @@ def evaluate(
     on_result: Callable[[RunRow], None] | None = None,
     batch_seeds: bool | None = None,
     batch_candidates: bool | None = None,
+    fast_options: FastOptions | None = None,
 ) -> EvaluationResult:
     """Train each candidate on each source with each seed, skipping runs already stored in ``out_dir``.
 
@@ -538,6 +545,8 @@ def evaluate(
     their seeds (:func:`nas_proxy.fast.train_candidates`: convnet720 is 48 such groups), on
     proxies and early stopping (whole-data runs stay one by one); None = on a GPU only (on a CPU
     it measured 0.3-0.6x). The rows of a group are stored when the group finishes.
+    ``fast_options``: speed switches of those stacked runs (:class:`nas_proxy.fast.FastOptions`,
+    e.g. channels_last or bf16 on a GPU; recorded in the store's invocation).
     """
     ids = _validate(specs, sources, test, seeds, n_jobs, backend)
     dev = str(resolve_device(device))
@@ -573,6 +582,7 @@ def evaluate(
         "device": dev,
         "host": platform.node(),
         "torch": torch.__version__,
+        "fast_options": (fast_options or FastOptions()).text,
     }
     protocol.setdefault("invocations", []).append(invocation)
     if space is not None:
@@ -609,6 +619,7 @@ def evaluate(
             scheduler=scheduler,
             device=dev,
             trainer=trainer,
+            options=fast_options,
         )
         try:
             for row in rows:
@@ -749,6 +760,7 @@ def run_evaluation(
     progress: bool = True,
     batch_seeds: bool | None = None,
     batch_candidates: bool | None = None,
+    fast_options: FastOptions | None = None,
 ) -> EvaluationResult:
     """``nas-proxy evaluate``: select candidates, load proxies and data, check everything, then evaluate.
 
@@ -821,4 +833,5 @@ def run_evaluation(
         space=search_space.name,
         batch_seeds=batch_seeds,
         batch_candidates=batch_candidates,
+        fast_options=fast_options,
     )

@@ -78,8 +78,34 @@ class FastOptions:
     compile: str | None = None
 
     def __post_init__(self) -> None:
-        if self.compile not in (None, "default", "reduce-overhead", "max-autotune"):
-            raise UnknownNameError("compile mode", self.compile, ["default", "reduce-overhead", "max-autotune"])
+        if self.compile not in (None, *COMPILE_MODES):
+            raise UnknownNameError("compile mode", self.compile, COMPILE_MODES)
+
+    @property
+    def text(self) -> str:
+        """The form :meth:`parse` reads, e.g. ``channels_last,bf16,compile=reduce-overhead`` (``none``: all off)."""
+        parts = [name for name in ("channels_last", "bf16") if getattr(self, name)]
+        parts += [f"compile={self.compile}"] if self.compile else []
+        return ",".join(parts) or "none"
+
+    @classmethod
+    def parse(cls, text: str) -> FastOptions:
+        """Options from a comma list (``parse(o.text) == o``); an unknown item raises naming the valid ones."""
+        fields: dict[str, Any] = {}
+        for item in (t.strip() for t in text.split(",")):
+            name, eq, value = item.partition("=")
+            if item == "none":
+                continue
+            if name in ("channels_last", "bf16") and not eq:
+                fields[name] = True
+            elif name == "compile":
+                fields["compile"] = value if eq else "default"
+            else:
+                raise UnknownNameError("fast option", item, ["channels_last", "bf16", "compile[=MODE]", "none"])
+        return cls(**fields)
+
+
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune")
 
 
 # ----------------------------------------------------------------------------- the stacked network

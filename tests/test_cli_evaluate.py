@@ -130,3 +130,13 @@ def test_batch_candidates_from_the_command_line(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "--batch-candidates" in err and "\n" not in err
+
+
+def test_unknown_fast_option_exits_2_naming_the_valid_ones(
+    proxy_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main([*BASE, "--proxy", str(proxy_file), "--fast-options", "bf16,warp", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown fast option 'warp'") and "channels_last" in err and "\n" not in err
+    assert not out.exists()

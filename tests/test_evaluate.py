@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -341,3 +342,26 @@ def test_batched_candidates_equal_one_by_one(data: tuple[Split, Split], specs: l
         exact = [c for c in RESULT_COLUMNS if c != "accuracy"]
         pd.testing.assert_frame_equal(one[exact], many[exact])
         assert (one["accuracy"] - many["accuracy"]).abs().max() <= 2 / len(test)
+
+
+def test_fast_options_reach_the_stacked_runs_and_the_record(
+    data: tuple[Split, Split], specs: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nas_proxy.evaluate as evaluate_module
+    from nas_proxy.fast import FastOptions, train_candidates
+
+    seen: list[FastOptions | None] = []
+
+    def spy(*args: Any, **kwargs: Any) -> list[RunOutcome]:
+        seen.append(kwargs.get("options"))
+        return train_candidates(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "train_candidates", spy)
+    train, test = data
+    options = FastOptions(channels_last=True)
+    res = evaluate(
+        specs, _sources(train)[:1], test, out_dir=tmp_path, progress=False, batch_candidates=True, fast_options=options
+    )
+    assert res.ok == len(specs) and seen == [options]
+    protocol = ResultsStore(tmp_path).read_protocol()
+    assert protocol is not None and protocol["invocations"][-1]["fast_options"] == "channels_last"

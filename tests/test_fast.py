@@ -271,3 +271,16 @@ def test_group_key_and_memory_bound_the_groups(data: tuple[Split, Split]) -> Non
         )
     with pytest.raises(NasProxyError, match="max_group"):
         train_candidates([(GROUP[0], 0)], train, train, FULL_BATCH, max_group=0)
+
+
+@pytest.mark.parametrize("text", ["none", "channels_last", "bf16,compile", "compile=reduce-overhead,channels_last"])
+def test_fast_options_round_trip_through_their_text(text: str) -> None:
+    options = FastOptions.parse(text)
+    assert FastOptions.parse(options.text) == options
+    assert options.channels_last == ("channels_last" in text) and options.bf16 == ("bf16" in text)
+
+
+@pytest.mark.parametrize("text", ["fast", "bf16=1", "compile=warp", ""])
+def test_fast_options_name_what_is_valid(text: str) -> None:
+    with pytest.raises(UnknownNameError, match="valid: "):
+        FastOptions.parse(text)
