@@ -129,11 +129,14 @@ class _Layer:
 
 @dataclass(frozen=True)
 class _Segment:
-    """Models ``start:stop`` of a stacked row and the layer they share there."""
+    """The modules of consecutive models at one row that are equal layers, and their stacked layer."""
 
-    start: int
-    stop: int
+    owners: tuple[nn.Module, ...]
     layer: _Layer
+
+    @property
+    def size(self) -> int:
+        return len(self.owners)
 
 
 def group_key(spec: ArchSpec) -> tuple[int, int, str]:
@@ -209,7 +212,7 @@ def _segments(mods: Sequence[nn.Module]) -> list[_Segment]:
     start = 0
     for i in range(1, len(mods) + 1):
         if i == len(mods) or _signature(mods[i]) != _signature(mods[start]):
-            out.append(_Segment(start, i, _layer_of(mods[start:i])))
+            out.append(_Segment(tuple(mods[start:i]), _layer_of(mods[start:i])))
             start = i
     return out
 
@@ -303,10 +306,10 @@ class StackedConvNets:
                 continue
             # Models differ here (a norm or an activation, never a conv): each run on its channels.
             block = x.shape[1] // r
-            parts = torch.split(x, [(seg.stop - seg.start) * block for seg in row], dim=1)
+            parts = torch.split(x, [seg.size * block for seg in row], dim=1)
             x = torch.cat(
                 [
-                    _apply(seg.layer, part, seg.stop - seg.start, training=training, grouped=True)
+                    _apply(seg.layer, part, seg.size, training=training, grouped=True)
                     for seg, part in zip(row, parts, strict=True)
                 ],
                 dim=1,
@@ -319,22 +322,17 @@ class StackedConvNets:
     @torch.no_grad()
     def write_back(self) -> list[ConvNet]:
         """Copy the stacked tensors into the R original modules and return them."""
-        rows = iter(self.rows)
-        for mods in zip(*(m.features for m in self.models), strict=True):
-            if all(isinstance(m, nn.Identity) for m in mods):  # no row was made for it
-                continue
-            for seg in next(rows):
-                layer, owners = seg.layer, mods[seg.start : seg.stop]
-                count = seg.stop - seg.start
-                for name, stacked in layer.tensors.items():
-                    # LayerNorm and head tensors were stacked on a new dim; the rest concatenated.
-                    parts = stacked.unbind(0) if layer.kind == "ln" else stacked.chunk(count, dim=0)
-                    for m, part in zip(owners, parts, strict=True):
-                        getattr(m, name).copy_(part)
-                if layer.kind == "bn":
-                    for m in owners:
-                        if isinstance(m, nn.BatchNorm2d) and m.num_batches_tracked is not None:
-                            m.num_batches_tracked.add_(self.steps_done - self._steps_written)
+        for seg in (seg for row in self.rows for seg in row):
+            layer = seg.layer
+            for name, stacked in layer.tensors.items():
+                # LayerNorm and head tensors were stacked on a new dim; the rest concatenated.
+                parts = stacked.unbind(0) if layer.kind == "ln" else stacked.chunk(seg.size, dim=0)
+                for m, part in zip(seg.owners, parts, strict=True):
+                    getattr(m, name).copy_(part)
+            if layer.kind == "bn":
+                for m in seg.owners:
+                    if isinstance(m, nn.BatchNorm2d) and m.num_batches_tracked is not None:
+                        m.num_batches_tracked.add_(self.steps_done - self._steps_written)
         for m, w, b in zip(self.models, self.head_weight, self.head_bias, strict=True):
             m.classifier.weight.copy_(w)
             m.classifier.bias.copy_(b)
