@@ -16,6 +16,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,7 +169,7 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def append_csv_row(path: Path, row: dict[str, Any], columns: list[str]) -> None:
+def append_csv_row(path: Path, row: dict[str, Any], columns: Sequence[str]) -> None:
     """Append one finished row at once, so an interrupted benchmark keeps what it measured."""
     new = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,11 +27,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from nas_proxy.cli import OneLineParser
 from nas_proxy.fast import train_many
 from nas_proxy.train import TrainConfig
 
@@ -41,7 +43,7 @@ _TAG = "CONTENTION-CHILD "
 _BUSY = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
 
 
-def child(arch: str, seeds: int, epochs: int, repeats: int) -> dict[str, object]:
+def child(arch: str, seeds: int, epochs: int, repeats: int) -> dict[str, Any]:
     """Best-of-``repeats`` seconds of the one-thread worker's job, and its accuracies."""
     from train_batched import proxy_data
 
@@ -64,17 +66,17 @@ def _spawn_child(args: argparse.Namespace) -> subprocess.Popen[str]:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
 
-def _collect(proc: subprocess.Popen[str]) -> dict[str, object]:
+def _collect(proc: subprocess.Popen[str]) -> dict[str, Any]:
     out, _ = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"error: a worker process failed with exit code {proc.returncode}")
     line = next(x for x in out.splitlines() if x.startswith(_TAG))
-    result: dict[str, object] = json.loads(line[len(_TAG) :])
+    result: dict[str, Any] = json.loads(line[len(_TAG) :])
     return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="ConvNet-D3-W8-AR-IN-AP")
     p.add_argument("--seeds", type=int, default=5, help="seeds a worker trains (half of R=10)")
     p.add_argument("--epochs", type=int, default=100)
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine(torch.device("cpu"))
     print(describe(info), flush=True)
     alone = _collect(_spawn_child(args))
-    busy = subprocess.Popen([sys.executable, "-c", _BUSY.format(seconds=3 * float(alone["seconds"]) * args.repeats)])
+    busy = subprocess.Popen([sys.executable, "-c", _BUSY.format(seconds=3 * alone["seconds"] * args.repeats)])
     beside_busy = _collect(_spawn_child(args))
     busy.kill()
     busy.wait()
@@ -110,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     beside_twin = [_collect(p) for p in twins]
     comparisons = []
     for name, results in (("busy-loop", [beside_busy]), ("second-worker", beside_twin)):
-        seconds = max(float(r["seconds"]) for r in results)
+        seconds = max(r["seconds"] for r in results)
         equal = all(r["accuracies"] == alone["accuracies"] for r in results)
-        slow = seconds / float(alone["seconds"]) - 1
-        details = {"alone_s": round(float(alone["seconds"]), 3), "slow_down": f"{100 * slow:.0f}%"}
+        slow = seconds / alone["seconds"] - 1
+        details = {"alone_s": round(alone["seconds"], 3), "slow_down": f"{100 * slow:.0f}%"}
         details["two_workers_worth_cores"] = round(2 / (1 + slow), 2)
-        comparisons.append(Comparison(f"contention-{name}", float(alone["seconds"]), seconds, equal, details))
+        comparisons.append(Comparison(f"contention-{name}", alone["seconds"], seconds, equal, details))
         print(comparisons[-1].result_line(), details, flush=True)
     notes = [
         f"job: train_many({args.arch}, {args.seeds} seeds, {args.epochs} epochs, strategy='stacked', stack_size=1) "
@@ -125,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         "two_workers_worth_cores = 2 / (1 + slow_down): what two one-thread workers can give over one",
     ]
     settings = {"arch": args.arch, "seeds": args.seeds, "epochs": args.epochs, "repeats": args.repeats}
-    path = write_record("cpu_contention", info, comparisons, settings, notes)
+    # A run with other settings gets its own record instead of replacing the default one.
+    default = (args.arch, args.seeds, args.epochs) == ("ConvNet-D3-W8-AR-IN-AP", 5, 100)
+    suffix = "" if default else f"-{args.arch}-s{args.seeds}-e{args.epochs}"
+    path = write_record("cpu_contention", info, comparisons, settings, notes, suffix=suffix)
     print(f"wrote {path}")
     return 0
 

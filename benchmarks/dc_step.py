@@ -40,6 +40,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from nas_proxy.cli import OneLineParser
 from nas_proxy.data import Split, load_dataset, make_synthetic
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
@@ -259,7 +260,7 @@ def settings_for(args: argparse.Namespace, ipc: int) -> DCSettings:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p = OneLineParser(description=(__doc__ or "").split("\n")[0])
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="2 iterations, ipc 10 with 2 outer / 10 inner loops")
     mode.add_argument("--smoke", action="store_true", help="seconds: tiny synthetic data and net, record in /tmp")

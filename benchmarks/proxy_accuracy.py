@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from nas_proxy import NasProxyError, load_dataset
+from nas_proxy.cli import OneLineParser
 from nas_proxy.device import resolve_device
 from nas_proxy.proxies import BUILDERS, ProxyBuilder, get_builder, list_builders, load_proxy, parse_params, save_proxy
 from nas_proxy.proxies.scoring import evaluate_proxy, summarize
@@ -126,7 +127,7 @@ COLUMNS = [
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ipc", default="1,10", help="comma-separated images per class (default 1,10)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: every registered one)")
     p.add_argument("--models", type=int, default=None, help="nets trained per proxy (default 5; quick 2)")

@@ -42,6 +42,7 @@ from typing import Any
 
 import optuna
 
+from nas_proxy.cli import OneLineParser
 from nas_proxy.data import Split, load_dataset
 from nas_proxy.errors import NasProxyError
 from nas_proxy.groundtruth import load_ground_truth
@@ -235,7 +236,7 @@ def write_markdown(path: Path, rows: list[dict[str, str]], args: argparse.Namesp
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny settings, minutes; numbers mean nothing")
     p.add_argument("--strategies", default="tpe:dc,tpe:random,random:dc", help="SAMPLER:PROXY,... (%(default)s)")
     p.add_argument("--proxy", action="append", metavar="METHOD=PATH", help="proxy file of a method")

@@ -50,6 +50,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from nas_proxy.cli import OneLineParser
 from nas_proxy.data import Split, load_dataset, make_synthetic
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
@@ -280,7 +281,7 @@ def prepare_proxy(args: argparse.Namespace, synthetic: dict[str, Any] | None, tm
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p = OneLineParser(description=(__doc__ or "").split("\n")[0])
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="convnet720-narrow, 12 candidates, 10 epochs, 2000 tests")
     mode.add_argument("--smoke", action="store_true", help="seconds: tiny synthetic data and space, record in /tmp")

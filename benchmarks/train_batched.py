@@ -33,6 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from nas_proxy.cli import OneLineParser
 from nas_proxy.data import Split, load_dataset, make_synthetic
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
@@ -141,7 +142,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer seeds and epochs: a few minutes on a 2-core CPU")
     p.add_argument("--synthetic", action="store_true", help="synthetic images instead of Fashion-MNIST")
     p.add_argument("--narrow", default="ConvNet-D3-W8-AR-IN-AP")

@@ -8,20 +8,20 @@ slowest single score. Scores come from ``nas_proxy.zero_cost.score_space``.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import math
 import time
 
 import torch
 
+from nas_proxy.cli import OneLineParser
 from nas_proxy.data import load_dataset
 from nas_proxy.space import load_space
 from nas_proxy.zero_cost import RankerScore, list_rankers, ranker_batch, score_space
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="convnet720")
     parser.add_argument("--sample", type=int, default=24)
     parser.add_argument("--batch", type=int, default=64)

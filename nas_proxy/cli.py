@@ -12,13 +12,15 @@ from collections.abc import Callable, Sequence
 from nas_proxy.errors import NasProxyError
 
 Command = Callable[[argparse.Namespace], int]
-AddCommand = Callable[["argparse._SubParsersAction[_Parser]"], None]
+AddCommand = Callable[["argparse._SubParsersAction[OneLineParser]"], None]
 
 # Each section below appends its ``_add_*`` function; the order is the order of `nas-proxy --help`.
 COMMANDS: list[AddCommand] = []
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with usage errors as one ``error: ...`` line and exit 2 (also the benchmarks' parser)."""
+
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse's own usage errors: one line, exit 2, like ours.
         self.exit(2, f"error: {self.prog}: {message}\n")
@@ -59,9 +61,9 @@ def _cmd_space_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_space(sub: argparse._SubParsersAction[_Parser]) -> None:
+def _add_space(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p = sub.add_parser("space", help="list or inspect search spaces")
-    ssub = p.add_subparsers(dest="space_cmd", required=True, parser_class=_Parser)
+    ssub = p.add_subparsers(dest="space_cmd", required=True, parser_class=OneLineParser)
     lst = ssub.add_parser("list", help="print one architecture id per line (canonical order)")
     lst.add_argument("space", nargs="?", default="convnet720", help="space name or .toml path (default convnet720)")
     lst.add_argument("--sample", type=int, default=None, metavar="N", help="stratified sample of N ids")
@@ -100,7 +102,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
+def _add_train(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p = sub.add_parser("train", help="train one candidate on real data and print its test accuracy")
     p.add_argument("--arch", default="ConvNet-D3-W128-AR-IN-AP", metavar="ID")
     p.add_argument("--dataset", default="fashionmnist", help="name, .npz file or image-folder root")
@@ -207,7 +209,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_proxies(sub: argparse._SubParsersAction[_Parser]) -> None:
+def _add_proxies(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     from nas_proxy.space import DEFAULT_ARCH
 
     b = sub.add_parser("build", help="build a proxy training set (coreset or condensed) and save it")
@@ -281,7 +283,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_evaluate(sub: argparse._SubParsersAction[_Parser]) -> None:
+def _add_evaluate(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p = sub.add_parser("evaluate", help="train candidates on proxies / whole data; store one row per run (resumable)")
     p.add_argument("--space", default="convnet720", help="space name or .toml path (default convnet720)")
     p.add_argument("--dataset", default="fashionmnist", help="name, .npz file or image-folder root")
@@ -323,7 +325,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_runs(sub: argparse._SubParsersAction[_Parser]) -> None:
+def _add_runs(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p = sub.add_parser("runs", help="print every stored training run as CSV (header first)")
     p.add_argument("dir", metavar="DIR", help="run directory")
     p.set_defaults(func=_cmd_runs)
@@ -340,7 +342,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
+def _add_report(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p = sub.add_parser("report", help="the paper-style table (markdown, CSV) and figures from a run directory")
     p.add_argument("dir", metavar="DIR", help="run directory")
     p.add_argument("--out", default=None, metavar="DIR", help="where to write (default DIR/report)")
@@ -360,7 +362,7 @@ def _cmd_ground_truth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_ground_truth(sub: argparse._SubParsersAction[_Parser]) -> None:
+def _add_ground_truth(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p = sub.add_parser("ground-truth", help="export a run's whole-data rows as a shareable .csv + .json")
     p.add_argument("dir", metavar="DIR", help="run directory with whole-data (--full) runs")
     p.add_argument("--out", default=None, metavar="FILE",
@@ -377,7 +379,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
+def _add_demo(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p = sub.add_parser("demo", help="the main job, small: build proxies, evaluate candidates, report (minutes on CPU)")
     p.add_argument("--out", default="results/demo", metavar="DIR", help="default results/demo")
     p.add_argument("--n-jobs", type=int, default=None, metavar="N", help="parallel workers (default: up to 2)")
@@ -493,7 +495,7 @@ def _search_bar(args: argparse.Namespace) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
-def _add_search(sub: argparse._SubParsersAction[_Parser]) -> None:
+def _add_search(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p = sub.add_parser("search", help="an Optuna study whose objective trains each trial's architecture on a proxy")
     p.add_argument("--space", default="convnet720", help="space name or .toml path (default convnet720)")
     p.add_argument("--proxy", required=True, metavar="PATH", help="proxy .npz file to train trials on")
@@ -528,8 +530,8 @@ COMMANDS.append(_add_search)
 # ----------------------------------------------------------------------------- wiring
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nas-proxy", description="Rank neural architectures on tiny proxy training sets.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="nas-proxy", description="Rank neural architectures on tiny proxy training sets.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for add in COMMANDS:
         add(sub)
     return parser
