@@ -46,6 +46,7 @@ from torch import nn
 
 from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError, UnknownNameError
+from nas_proxy.microbatch import micro_batch_size, splittable
 from nas_proxy.models import ConvNet, build_model, count_flops, count_params, first_padding
 from nas_proxy.space import ArchSpec
 from nas_proxy.train import (
@@ -461,14 +462,17 @@ def train_stacked(
     full_batch = config.batch_size >= n
     autocast = options.bf16 and device.type == "cuda"
 
-    def losses_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def losses_of(x: torch.Tensor, y: torch.Tensor, divide_by: int | None = None) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = net.forward(x, training=True, channels_last=options.channels_last)
-        # Per-model mean cross-entropy, (R,); their sum gives each model its own gradient.
+        # Per-model mean cross-entropy, (R,); their sum gives each model its own gradient. A
+        # micro-batch's loss is its sum over the whole batch's size: the pieces add up to the mean.
         per = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
-        return per.reshape(r, -1).mean(1)
+        return per.reshape(r, -1).mean(1) if divide_by is None else per.reshape(r, -1).sum(1) / divide_by
 
     step_fn = torch.compile(losses_of, mode=options.compile) if options.compile else losses_of
+    # On a CPU, micro-batches as train_model's (same pieces for one model, so the same numbers).
+    split = all(splittable(m.spec) for m in models)
     # Divergence is tracked on the device (no host sync inside the loop): the step count at the end
     # of the epoch in which a model's loss first turned non-finite. Such a model goes on computing
     # garbage in its own channels, which touch no other model, and is reported as diverged.
@@ -495,11 +499,22 @@ def train_stacked(
             else:
                 idx = torch.stack([o[i : i + config.batch_size] for o in orders]).to(device, non_blocking=True)
                 x, y = train.images[idx], train.labels[idx]
-            losses = step_fn(x, y)
+            b = y.shape[1]
+            micro = micro_batch_size(models[0].spec, train.images.shape, b, device, models=r) if split else b
             opt.zero_grad(set_to_none=True)
-            losses.sum().backward()  # type: ignore[no-untyped-call]
+            if micro >= b:
+                losses = step_fn(x, y)
+                losses.sum().backward()  # type: ignore[no-untyped-call]
+                losses = losses.detach()
+            else:
+                losses = torch.zeros(r, device=device)
+                for start in range(0, b, micro):
+                    part = slice(start, start + micro)
+                    piece = step_fn(x[:, part] if x.dim() == 5 else x[part], y[:, part], b)
+                    piece.sum().backward()  # type: ignore[no-untyped-call]
+                    losses += piece.detach()
             opt.step()
-            last = losses.detach()
+            last = losses
             epoch_loss += last
             step += 1
             if step >= total:

@@ -46,6 +46,16 @@ def data() -> tuple[Split, Split]:
     return make_synthetic(num_classes=10, train_per_class=10, test_per_class=5, seed=1)
 
 
+@pytest.fixture(params=[False, True], ids=["whole-batches", "micro-batches"])
+def micro(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run a test as is, and again with micro-batches forced (a W8 model's pieces of 7 images)."""
+    if request.param:
+        import nas_proxy.microbatch as microbatch
+
+        monkeypatch.setattr(microbatch, "MICRO_BATCH_BYTES", 7 * 8 * 28 * 28 * 4)
+    return bool(request.param)
+
+
 def assert_same_outcomes(a: list[RunOutcome], b: list[RunOutcome], n_test: int) -> None:
     assert [o.status for o in a] == [o.status for o in b]
     assert [o.steps for o in a] == [o.steps for o in b]
@@ -59,9 +69,10 @@ def assert_same_outcomes(a: list[RunOutcome], b: list[RunOutcome], n_test: int) 
 @pytest.mark.parametrize("config", [FULL_BATCH, MINI_BATCH], ids=["full-batch", "mini-batch"])
 @pytest.mark.parametrize("seeds", [[0, 5, 7], [3]], ids=["three-models", "one-model"])
 def test_stacked_training_matches_the_loop_parameter_for_parameter(
-    data: tuple[Split, Split], arch: str, config: TrainConfig, seeds: list[int]
+    data: tuple[Split, Split], arch: str, config: TrainConfig, seeds: list[int], micro: bool
 ) -> None:
-    """Three models in one network: to float tolerance. One model: bit for bit (on a CPU)."""
+    """Three models in one network: to float tolerance. One model: bit for bit (on a CPU), in
+    micro-batches too (the same pieces as train_model's)."""
     train, _ = data
     reference = [build_model(arch, seed=s) for s in seeds]
     ref_stats = [train_model(m, train, config, s) for m, s in zip(reference, seeds, strict=True)]
@@ -208,10 +219,18 @@ GROUP = [f"ConvNet-D2-W4-{act}-{norm}-AP" for norm in ("NN", "BN", "LN", "IN", "
 
 
 @pytest.mark.parametrize("config", [FULL_BATCH, MINI_BATCH], ids=["full-batch", "mini-batch"])
-def test_a_group_of_different_candidates_trains_as_each_alone(data: tuple[Split, Split], config: TrainConfig) -> None:
-    """Mixed norms and activations in one stacked network: every model's tensors as if trained alone."""
+@pytest.mark.parametrize("with_bn", [True, False], ids=["with-batchnorm", "per-image-norms"])
+def test_a_group_of_different_candidates_trains_as_each_alone(
+    data: tuple[Split, Split], config: TrainConfig, micro: bool, with_bn: bool
+) -> None:
+    """Mixed norms and activations in one stacked network: every model's tensors as if trained alone.
+
+    With micro-batches forced, a group without BatchNorm runs in pieces and one with it whole.
+    """
     train, _ = data
     order = GROUP[::-1][:7] + GROUP[:3]  # unsorted, with one architecture twice (other seed)
+    if not with_bn:
+        order = [a for a in order if "-BN-" not in a]
     seeds = list(range(len(order)))
     reference = [build_model(a, seed=s) for a, s in zip(order, seeds, strict=True)]
     ref_stats = [train_model(m, train, config, s) for m, s in zip(reference, seeds, strict=True)]

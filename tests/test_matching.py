@@ -132,6 +132,8 @@ def test_defaults_are_the_papers() -> None:
         ("dc", {"distance": "l1"}, "unknown distance 'l1'"),
         ("dc", {"arch": "ConvNet-D3-W8-ZZ-IN-AP"}, "ZZ"),
         ("dc", {"real_dtype": "float16"}, "real_dtype must be one of float32, bfloat16"),
+        ("dc", {"micro_batch": 0}, "micro_batch must be a positive integer"),
+        ("dm", {"micro_batch": -1}, "micro_batch must be a positive integer"),
         ("dsa", {"strategy": "crop_blur"}, "unknown augmentation 'blur'"),
         ("dm", {"batch_real": 0}, "batch_real must be a positive integer"),
         ("dm", {"strategy": "twist"}, "unknown augmentation 'twist'"),
@@ -300,6 +302,23 @@ def test_bfloat16_real_gradients_follow_the_float32_loss(data: Split) -> None:
     assert a != b  # it did take another path
     assert a == pytest.approx(b, rel=2e-2)
     assert torch.allclose(exact.images, fast.images, atol=5e-2)
+
+
+def test_dc_in_pieces_follows_the_one_batch_run(data: Split) -> None:
+    whole = DC(ipc=1, seed=0, iterations=3, arch=ARCH, batch_real=12).build(data)
+    pieces = DC(ipc=1, seed=0, iterations=3, arch=ARCH, batch_real=12, micro_batch=5).build(data)
+    assert whole.manifest.extra["micro_batch"] == 12 and pieces.manifest.extra["micro_batch"] == 5
+    a = [v for _, v in whole.manifest.extra["loss_history"]]
+    b = [v for _, v in pieces.manifest.extra["loss_history"]]
+    assert a == pytest.approx(b, rel=1e-5)
+    torch.testing.assert_close(pieces.images, whole.images, rtol=1e-5, atol=1e-6)
+
+
+def test_dm_in_pieces_follows_the_one_batch_run(data: Split) -> None:
+    whole = DM(ipc=1, seed=0, iterations=3, arch=ARCH, batch_real=12).build(data)
+    pieces = DM(ipc=1, seed=0, iterations=3, arch=ARCH, batch_real=12, micro_batch=5).build(data)
+    assert whole.manifest.extra["micro_batch"] == 12 and pieces.manifest.extra["micro_batch"] == 5
+    torch.testing.assert_close(pieces.images, whole.images, rtol=1e-5, atol=1e-6)
 
 
 def _dm_loss(images: torch.Tensor, data: Split, ipc: int, nets: int = 6) -> float:

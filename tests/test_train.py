@@ -116,3 +116,30 @@ def test_accuracy_does_not_depend_on_the_batch_size(arch: str) -> None:
         whole = model(split.images)
         assert torch.equal(torch.cat([model(split.images[i : i + 16]) for i in range(0, 300, 16)]), whole)
     assert accuracy(model, split) == accuracy(model, split, batch_size=2048) == accuracy(model, split, batch_size=7)
+
+
+@pytest.mark.parametrize("arch", ["ConvNet-D2-W8-AR-IN-AP", "ConvNet-D2-W8-AR-BN-AP"])
+def test_micro_batches_give_the_whole_batch_training_up_to_rounding(
+    tiny_data: tuple[Split, Split], arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forced small micro-batches: per-image nets run in pieces, BatchNorm ones whole; same weights."""
+    import nas_proxy.microbatch as microbatch
+
+    train, _ = tiny_data
+    cfg = TrainConfig(epochs=2, batch_size=32)
+    whole = build_model(arch, seed=0)
+    train_model(whole, train, cfg, seed=0)
+    height, width = train.images.shape[-2:]
+    monkeypatch.setattr(microbatch, "MICRO_BATCH_BYTES", 7 * 8 * height * width * 4)  # 7 images
+    model = build_model(arch, seed=0)
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda _m, args: calls.append(len(args[0])))
+    stats = train_model(model, train, cfg, seed=0)
+    if "BN" in arch:
+        assert max(calls) == 32
+        for key, value in whole.state_dict().items():
+            assert torch.equal(model.state_dict()[key], value), key
+    else:
+        assert max(calls) == 7 and len(calls) > stats.steps
+        for key, value in whole.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -36,6 +36,7 @@ from torch import nn
 
 from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError
+from nas_proxy.microbatch import cross_entropy_backward, cross_entropy_grad, micro_batch_size, training_micro_batch
 from nas_proxy.models import ConvNet, build_model
 from nas_proxy.proxies.augment import AugParams, apply, augment, default_strategy, parse_strategy, sample_params
 from nas_proxy.proxies.base import BuildContext, BuildResult, ProxyBuilder, class_balanced_labels
@@ -198,9 +199,8 @@ def train_on_synthetic(
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             x = augment(images[idx], strategy, g) if strategy else images[idx]
-            loss = F.cross_entropy(net(x), labels[idx])
             opt.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
+            cross_entropy_backward(net, x, labels[idx], training_micro_batch(net, x))
             opt.step()
 
 
@@ -228,6 +228,7 @@ class MatchingSetup:
     bn_real_per_class: int
     strategy: tuple[str, ...] = ()  # empty: DC; a DSA strategy: siamese augmentation
     real_dtype: str = "float32"  # "bfloat16": the real-gradient pass under autocast
+    micro_batch: int | None = None  # real images per micro-batch of the real gradient; None: all at once
 
 
 def gradient_matching_step(
@@ -266,9 +267,7 @@ def gradient_matching_step(
             aug = _siamese(setup.strategy, size, g)
             x_real, x_syn = apply(x_real, aug), apply(x_syn, aug)
             y_real = torch.full((len(x_real),), c, device=images.device)
-            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=real_bf16):
-                out_real = net(x_real)
-            g_real = torch.autograd.grad(F.cross_entropy(out_real.float(), y_real), params)
+            g_real = cross_entropy_grad(net, x_real, y_real, params, setup.micro_batch or len(x_real), bf16=real_bf16)
             g_syn = torch.autograd.grad(
                 F.cross_entropy(net(x_syn), labels[c * ipc : (c + 1) * ipc]), params, create_graph=True
             )
@@ -285,6 +284,14 @@ def gradient_matching_step(
     return total / (classes * setup.outer_loop)
 
 
+def _mean_embedding(net: ConvNet, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Mean embedding of ``x``, embedded ``chunk`` images at a time."""
+    total = net.embed(x[:chunk]).sum(0)
+    for start in range(chunk, len(x), chunk):
+        total += net.embed(x[start : start + chunk]).sum(0)
+    return total / len(x)
+
+
 def distribution_matching_step(
     images: torch.Tensor,
     opt_img: torch.optim.Optimizer,
@@ -295,11 +302,14 @@ def distribution_matching_step(
     batch_real: int,
     strategy: tuple[str, ...],
     g: torch.Generator,
+    micro_batch: int | None = None,
 ) -> torch.Tensor:
     """One DM iteration: a fresh frozen random net; match per-class mean embeddings; one step.
 
     Loss = sum over classes of |mean embed(aug(real_c)) - mean embed(aug(syn_c))|^2, the same
     augmentation draw for both sides of a class. Returns the loss per class (on device).
+    ``micro_batch`` embeds the real images of a per-sample net that many at a time (see
+    :mod:`nas_proxy.microbatch`); a BatchNorm net embeds them all at once for its batch statistics.
     """
     classes = train.num_classes
     size = (images.shape[-2], images.shape[-1])
@@ -314,9 +324,9 @@ def distribution_matching_step(
     with torch.no_grad():
         if _batchnorms(net):  # batch statistics over all classes at once, as the authors
             real_emb = torch.split(net.embed(torch.cat(reals)), [len(r) for r in reals])
-        else:  # per-sample nets: class by class keeps peak memory low, same numbers
-            real_emb = tuple(net.embed(r) for r in reals)
-        real_mean = torch.stack([e.mean(0) for e in real_emb])
+            real_mean = torch.stack([e.mean(0) for e in real_emb])
+        else:  # per-sample nets: class by class, in pieces: less memory, the same means up to rounding
+            real_mean = torch.stack([_mean_embedding(net, r, micro_batch or batch_real) for r in reals])
     syn_mean = net.embed(torch.cat(syns)).view(classes, ipc, -1).mean(1)
     loss = ((real_mean - syn_mean) ** 2).sum()
     (images.grad,) = torch.autograd.grad(loss, [images])
@@ -517,7 +527,9 @@ class DC(ProxyBuilder):
     ``arch`` is the matching network: any search-space id. ``real_dtype="bfloat16"`` runs the
     real images' forward and backward under bfloat16 autocast (the synthetic side stays float32):
     1.5-1.6x faster per iteration on a CPU with AVX512-BF16 (untested on GPUs), loss within
-    6e-4 relative of float32 (benchmarks/dc_step.py measures both).
+    6e-4 relative of float32 (benchmarks/dc_step.py measures both). ``micro_batch`` runs the real
+    gradient that many images at a time (the same gradient up to float rounding); None picks
+    cache-sized micro-batches on a CPU and the whole batch on a GPU (:mod:`nas_proxy.microbatch`).
     """
 
     name: ClassVar[str] = "dc"
@@ -535,6 +547,7 @@ class DC(ProxyBuilder):
     arch: str = DEFAULT_ARCH.id
     bn_real_per_class: int = 16
     real_dtype: Literal["float32", "bfloat16"] = "float32"
+    micro_batch: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -542,7 +555,15 @@ class DC(ProxyBuilder):
             raise NasProxyError(
                 f"{self.name}: real_dtype must be one of {', '.join(REAL_DTYPES)}, got {self.real_dtype!r}"
             )
-        for name in ("iterations", "batch_real", "outer_loop", "inner_loop", "batch_train", "bn_real_per_class"):
+        for name in (
+            "iterations",
+            "batch_real",
+            "outer_loop",
+            "inner_loop",
+            "batch_train",
+            "bn_real_per_class",
+            "micro_batch",
+        ):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise NasProxyError(f"{self.name}: {name} must be a positive integer, got {value!r}")
@@ -569,6 +590,7 @@ class DC(ProxyBuilder):
         opt = torch.optim.SGD([images], lr=self.lr_img, momentum=self.momentum_img)
         outer, inner = self.loops()
         strategy = self.augmentation(train)
+        spec = ArchSpec.from_id(self.arch)
         setup = MatchingSetup(
             self.arch,
             self.ipc,
@@ -582,10 +604,12 @@ class DC(ProxyBuilder):
             self.bn_real_per_class,
             strategy,
             self.real_dtype,
+            self.micro_batch or micro_batch_size(spec, images.shape, self.batch_real, train.device),
         )
         extra = {
             "outer_loop": outer,
             "inner_loop": inner,
+            "micro_batch": setup.micro_batch,
             "strategy": "_".join(strategy) or "none",
             "loss": "gradient distance per class and outer step",
         }
@@ -626,6 +650,7 @@ class DM(ProxyBuilder):
     per-class mean embeddings of ``batch_real`` augmented real images and of the augmented
     synthetic images. Defaults are the authors': image SGD lr 1.0 momentum 0.5, real init,
     20,000 iterations, the DSA strategy (``strategy`` None: by dataset; "none" turns it off).
+    ``micro_batch`` as :class:`DC`'s: the real images are embedded in pieces of that many.
     """
 
     name: ClassVar[str] = "dm"
@@ -636,11 +661,14 @@ class DM(ProxyBuilder):
     init: Literal["noise", "real"] = "real"
     arch: str = DEFAULT_ARCH.id
     strategy: str | None = None
+    micro_batch: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("iterations", "batch_real"):
+        for name in ("iterations", "batch_real", "micro_batch"):
             value = getattr(self, name)
+            if value is None and name == "micro_batch":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise NasProxyError(f"{self.name}: {name} must be a positive integer, got {value!r}")
         _check_positive(self.name, lr_img=self.lr_img)
@@ -654,11 +682,17 @@ class DM(ProxyBuilder):
         images = init_images(train, rows, self.ipc, self.init, g).requires_grad_(True)
         opt = torch.optim.SGD([images], lr=self.lr_img, momentum=self.momentum_img)
         strategy = parse_strategy(self.strategy if self.strategy is not None else default_strategy(train.dataset))
-        extra = {"strategy": "_".join(strategy) or "none", "loss": "squared mean-embedding distance per class"}
+        size = (images.shape[-2], images.shape[-1])
+        chunk = self.micro_batch or micro_batch_size(ArchSpec.from_id(self.arch), size, self.batch_real, train.device)
+        extra = {
+            "strategy": "_".join(strategy) or "none",
+            "loss": "squared mean-embedding distance per class",
+            "micro_batch": chunk,
+        }
 
         def step() -> torch.Tensor:
             return distribution_matching_step(
-                images, opt, train, rows, self.arch, self.ipc, self.batch_real, strategy, g
+                images, opt, train, rows, self.arch, self.ipc, self.batch_real, strategy, g, chunk
             )
 
         return run_synthesis(self, train, ctx, images, opt, g, self.iterations, step, extra)
