@@ -316,6 +316,9 @@ def compare(train: Split, s: DCSettings, rtol: float, dtypes: Sequence[str]) -> 
     # The float floor: the reference again with another thread count (on a CPU only the summation
     # order of some kernels changes): how far float32 moves the result by itself.
     floor = "n/a"
+    # Tolerances: rtol, or twice the reference's own float noise where that is larger (a run of a
+    # few chaotic DC iterations at ipc 10 moves by ~1e-3 from the summation order alone).
+    loss_tol, image_tol = rtol, rtol
     if device.type == "cpu":
         threads = torch.get_num_threads()
         torch.set_num_threads(1 if threads > 1 else 2)
@@ -326,6 +329,7 @@ def compare(train: Split, s: DCSettings, rtol: float, dtypes: Sequence[str]) -> 
         alt_loss = _max_rel_loss(alt_losses, ref_losses)
         alt_image = max_relative_diff(alt_images, ref_images)
         floor = f"loss {alt_loss:.1e} / images {alt_image:.1e}"
+        loss_tol, image_tol = max(rtol, 2 * alt_loss), max(rtol, 2 * alt_image)
     out = []
     for dtype in dtypes:
         with Timer() as ours_t:
@@ -337,9 +341,9 @@ def compare(train: Split, s: DCSettings, rtol: float, dtypes: Sequence[str]) -> 
         image_diff = max_relative_diff(our_images, ref_images)
         # History values are rounded to 6 decimals; tiny absolute differences are that rounding.
         losses_equal = all(
-            math.isclose(a, b, rel_tol=rtol, abs_tol=2e-6) for a, b in zip(our_curve, ref_curve, strict=True)
+            math.isclose(a, b, rel_tol=loss_tol, abs_tol=2e-6) for a, b in zip(our_curve, ref_curve, strict=True)
         )
-        equal = losses_equal and image_diff <= rtol
+        equal = losses_equal and image_diff <= image_tol
         details = {
             "iterations": s.iterations,
             "outer_loop": s.outer_loop,
@@ -355,6 +359,7 @@ def compare(train: Split, s: DCSettings, rtol: float, dtypes: Sequence[str]) -> 
             "max_rel_loss_diff": f"{loss_diff:.1e}",
             "max_rel_image_diff": f"{image_diff:.1e}",
             "ref_threads_floor": floor,
+            "tolerance": f"loss {loss_tol:.1e} / images {image_tol:.1e}",
         }
         name = f"dc-ipc{s.ipc}" + ("" if dtype == "float32" else f"-{dtype}")
         # Seconds per iteration on both sides: the ratio is the same as of the totals.
@@ -402,14 +407,16 @@ def run(args: argparse.Namespace) -> int:
         "reference: the authors' DC loop written out in this file (real gradient over every parameter, "
         "per-parameter distance loop, loss.backward(), loss.item() per outer step, plain inner loop); "
         "ours: nas_proxy.proxies.matching.DC(...).build(train); same seed, same generator draws; "
-        "ours runs each class's real gradient in pieces of micro_batch images (cache-sized on a CPU, "
+        "ours runs each class's real gradient in pieces of micro_batch images (a few MiB of activations on a CPU, "
         "matching.micro_batch_size; their gradients summed) where the reference runs the batch at once; "
         "dc-ipcK-bfloat16 is ours with real_dtype=bfloat16 (the real-gradient pass under bfloat16 autocast) "
         "against the same float32 reference",
         "seconds are per DC iteration (total / iterations); one untimed warm-up iteration of each first",
-        f"equal: every logged loss within rel {args.rtol} and the final images within {args.rtol} of max |x|",
+        "equal: every logged loss within the loss tolerance (relative) and the final images within the image "
+        "tolerance (of max |x|)",
         "ref_threads_floor: the reference against itself run with the other thread count (1 vs 2): the float32 "
-        "noise of the reference alone, loss (relative) / images (of max |x|)",
+        "noise of the reference alone, loss (relative) / images (of max |x|); tolerance: "
+        f"{args.rtol} or twice that floor, whichever is larger",
         f"torch threads: {torch.get_num_threads()}; load average after the run: {info_after['load_average']}",
     ]
     if args.quick:

@@ -51,6 +51,7 @@ class Case:
     arch: str
     seeds: int
     epochs: int
+    train_images: int | None = None  # None: the 100-image proxy; else that many whole-data images
 
 
 # ----------------------------------------------------------------------------- the reference loop
@@ -127,17 +128,28 @@ def proxy_data(synthetic: bool, test_images: int, device: torch.device, seed: in
     return proxy.to(device), test.to(device), "Fashion-MNIST, 10 random train images per class"
 
 
+def whole_data(synthetic: bool, n: int, device: torch.device, seed: int = 0) -> Split:
+    """``n`` random training images: the ground-truth side of the evaluator (one seed, batch 256)."""
+    if synthetic:
+        train, _ = make_synthetic(num_classes=10, train_per_class=max(1, n // 10), test_per_class=1)
+        return train.to(device)
+    full_train, _ = load_dataset("fashionmnist")
+    return full_train.random_subset(min(n, len(full_train)), seed=seed).to(device)
+
+
 def cases(args: argparse.Namespace) -> list[Case]:
     if args.quick:
         return [
             Case("narrow", args.narrow, 10, 20),
             Case("default", args.default, 4, 3),
             Case("wide", args.wide, 2, 2),
+            Case("whole", args.default, 1, 1, min(args.whole_images, 10_000)),
         ]
     return [
         Case("narrow", args.narrow, args.seeds, args.epochs),
         Case("default", args.default, args.seeds, args.epochs),
         Case("wide", args.wide, args.wide_seeds, args.wide_epochs),
+        Case("whole", args.default, 1, args.whole_epochs, args.whole_images),
     ]
 
 
@@ -152,20 +164,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--wide-seeds", type=int, default=2, help="the wide candidate is slow on a CPU")
     p.add_argument("--wide-epochs", type=int, default=20)
+    p.add_argument("--whole-images", type=int, default=60_000, help="training images of the whole-data case")
+    p.add_argument("--whole-epochs", type=int, default=1, help="epochs of the whole-data case (the protocol: 300)")
     p.add_argument("--test-images", type=int, default=2000)
     p.add_argument("--n-jobs", type=int, default=-1, help="worker processes for ours (-1: one per core)")
     p.add_argument("--device", default="auto")
     p.add_argument("--reference-threads", type=int, default=None, help="torch threads of the reference loop")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each side, alternating; best of them counts")
     p.add_argument("--explore", action="store_true", help="also time each strategy on its own")
-    p.add_argument("--only", default=None, help="comma-separated labels to run (narrow,default,wide)")
+    p.add_argument("--only", default=None, help="comma-separated labels to run (narrow,default,wide,whole)")
     args = p.parse_args(argv)
-    for name in ("seeds", "epochs", "wide_seeds", "wide_epochs", "test_images", "repeats"):
+    counts = ("seeds", "epochs", "wide_seeds", "wide_epochs", "whole_images", "whole_epochs", "test_images", "repeats")
+    for name in counts:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.reference_threads is not None and args.reference_threads < 1:
         p.error(f"--reference-threads must be a positive integer, got {args.reference_threads}")
-    labels = ("narrow", "default", "wide")
+    labels = ("narrow", "default", "wide", "whole")
     unknown = sorted(set(args.only.split(",")) - set(labels)) if args.only else []
     if unknown:
         p.error(f"--only: unknown case {', '.join(unknown)}; valid: {', '.join(labels)}")
@@ -185,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     for arch in (args.narrow, args.default, args.wide):
         ArchSpec.from_id(arch)  # a bad id fails before any data is loaded
     device = resolve_device(args.device)
-    train, test, data_text = proxy_data(args.synthetic, args.test_images, device)
+    proxy, test, data_text = proxy_data(args.synthetic, args.test_images, device)
     info = machine(device)
     print(describe(info), flush=True)
     comparisons: list[Comparison] = []
@@ -193,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
     for case in cases(args):
         if wanted is not None and case.label not in wanted:
             continue
+        train = proxy if case.train_images is None else whole_data(args.synthetic, case.train_images, device)
         cfg = TrainConfig(epochs=case.epochs, batch_size=256)
         seeds = list(range(case.seeds))
         spec = ArchSpec.from_id(case.arch)
@@ -238,7 +254,10 @@ def run(args: argparse.Namespace) -> int:
         param_diff = relative_difference(check, ref_model)
         floor = relative_difference(ref_other, ref_model)
         acc_diff = max(abs(a - b) for a, b in zip(ref_acc, ours_acc, strict=True))
-        equal = all(o.status == "ok" for o in ours) and acc_diff <= 0.005 and param_diff <= 1e-3
+        # Float tolerance of a long chaotic run: 1e-3, or twice what the reference's own float noise
+        # reaches (kernels summing in another order) where that is larger (wide nets, long runs).
+        param_tol = max(1e-3, 2 * floor)
+        equal = all(o.status == "ok" for o in ours) and acc_diff <= 0.005 and param_diff <= param_tol
         name = f"{case.label}-{spec.id}-R{case.seeds}-E{case.epochs}"
         details = {
             "plan": f"{plan.strategy}(stack={plan.stack_size},jobs={plan.n_jobs},inner={plan.inner})",
@@ -249,7 +268,10 @@ def run(args: argparse.Namespace) -> int:
             "max_rel_param_diff": f"{param_diff:.1e}",
             "seed0_threads": worker_threads,
             "ref_threads_floor": f"{floor:.1e}",
+            "param_tol": f"{param_tol:.1e}",
         }
+        if case.train_images is not None:
+            details["train_images"] = len(train)
         details["runs_ref_s"] = "/".join(f"{t:.2f}" for t in ref_times)
         details["runs_ours_s"] = "/".join(f"{t:.2f}" for t in ours_times)
         comparisons.append(Comparison(name, min(ref_times), min(ours_times), equal, details))
@@ -275,9 +297,14 @@ def run(args: argparse.Namespace) -> int:
         "tests in batches of 256 (the authors' test loader), ours in cache-sized ones (train.eval_batch_size)",
         f"seconds: best of {args.repeats} runs of each side, the sides alternating "
         "(every run in runs_ref_s / runs_ours_s)",
-        "equal: every seed's accuracy within 0.5 points and seed 0's final tensors within 1e-3 relative "
+        "equal: every seed's accuracy within 0.5 points and seed 0's final tensors within param_tol relative "
         "(seed 0 retrained by ours' code with its workers' thread count); ref_threads_floor: the reference "
-        "against itself at the other thread count, the float noise of the reference alone",
+        "against itself at the other thread count, the float noise of the reference alone; param_tol: 1e-3 "
+        "or twice ref_threads_floor, whichever is larger",
+        "ours on a CPU runs a batch of a net without BatchNorm in micro-batches of a few MiB (nas_proxy.microbatch: "
+        "the same gradient up to float rounding), the reference in one piece",
+        "whole: the ground-truth side, one seed of the default candidate on that many training images "
+        "(train_images) for the given epochs, batch 256",
         f"load average after the run: {info_after['load_average']}",
     ]
     if args.quick:

@@ -83,7 +83,7 @@ def train_model(
 ) -> TrainStats:
     """Train ``model`` in place on ``train`` (already on the model's device).
 
-    On a CPU a batch of a net without batch statistics runs in cache-sized micro-batches
+    On a CPU a batch of a net without batch statistics runs in micro-batches of a few MiB
     (:mod:`nas_proxy.microbatch`): the plain loop's gradient up to float rounding, 1.2-2x faster
     from width 16 up; narrow nets on a 100-image proxy run whole batches, as the plain loop.
 
@@ -107,7 +107,7 @@ def train_model(
             idx = order[i : i + config.batch_size]
             x = train.images[idx]
             opt.zero_grad(set_to_none=True)
-            # On a CPU a wide batch runs in cache-sized micro-batches: the same gradient, up to rounding.
+            # On a CPU a wide batch runs in micro-batches of a few MiB: the same gradient, up to rounding.
             loss = cross_entropy_backward(model, x, train.labels[idx], training_micro_batch(model, x))
             opt.step()
             epoch_loss += loss

@@ -529,7 +529,7 @@ class DC(ProxyBuilder):
     1.5-1.6x faster per iteration on a CPU with AVX512-BF16 (untested on GPUs), loss within
     6e-4 relative of float32 (benchmarks/dc_step.py measures both). ``micro_batch`` runs the real
     gradient that many images at a time (the same gradient up to float rounding); None picks
-    cache-sized micro-batches on a CPU and the whole batch on a GPU (:mod:`nas_proxy.microbatch`).
+    micro-batches of a few MiB on a CPU and the whole batch on a GPU (:mod:`nas_proxy.microbatch`).
     """
 
     name: ClassVar[str] = "dc"
