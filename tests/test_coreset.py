@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from nas_proxy.data import Split, cache_dir
+from nas_proxy.data import Split, cache_dir, make_synthetic
 from nas_proxy.errors import NasProxyError
 from nas_proxy.models import build_model
 from nas_proxy.proxies import coreset as coreset_module
@@ -299,3 +299,29 @@ def test_interrupted_training_resumes_bit_for_bit(tiny_data: tuple[Split, Split]
         assert torch.equal(p, q)
     with pytest.raises(NasProxyError, match="checkpoint of another build"):
         train_resumable(fresh(), train, cfg, seed=0, key="other", checkpoint=ckpt)
+
+
+def test_train_resumable_in_micro_batches_steps_as_train_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Micro-batches forced (5 images): the same pieces as train_model, whole-batch logits for on_batch."""
+    import nas_proxy.microbatch as microbatch
+    from nas_proxy.train import train_model
+
+    monkeypatch.setattr(microbatch, "MICRO_BATCH_BYTES", 5 * 8 * 16 * 16 * 4)
+    train, _ = make_synthetic(num_classes=4, train_per_class=10, test_per_class=1, size=16, seed=2)
+    cfg = TrainConfig(epochs=2, batch_size=16)
+    arch = "ConvNet-D2-W8-AR-IN-AP"
+    ref = build_model(arch, 1, 16, 4, seed=0)
+    train_model(ref, train, cfg, seed=0)
+    model = build_model(arch, 1, 16, 4, seed=0)
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+    seen: list[tuple[int, tuple[int, ...]]] = []
+
+    def on_batch(idx: torch.Tensor, logits: torch.Tensor) -> None:
+        seen.append((len(idx), tuple(logits.shape)))
+
+    train_resumable(model, train, cfg, seed=0, key="k", on_batch=on_batch)
+    assert max(sizes) == 5
+    assert seen and all(shape == (n, 4) for n, shape in seen)
+    for p, q in zip(model.state_dict().values(), ref.state_dict().values(), strict=True):
+        assert torch.equal(p, q)

@@ -30,6 +30,7 @@ from torch import nn
 
 from nas_proxy.data import Split, cache_dir
 from nas_proxy.errors import NasProxyError
+from nas_proxy.microbatch import cross_entropy_backward, training_micro_batch
 from nas_proxy.models import build_model
 from nas_proxy.proxies.artifact import content_hash
 from nas_proxy.space import ArchSpec
@@ -101,7 +102,6 @@ def train_resumable(
             state[name].copy_(value)
         step, epoch, pos, seconds_before = int(ck["step"]), int(ck["epoch"]), int(ck["pos"]), float(ck["seconds"])
 
-    loss_fn = nn.CrossEntropyLoss()
     start = time.perf_counter()
     gen_at_epoch = g.get_state()
 
@@ -129,6 +129,13 @@ def train_resumable(
     # True from the optimizer step until the counters catch up: a Ctrl-C landing there would
     # save weights one step ahead of the counters, so that one keeps the previous checkpoint.
     mutating = False
+    pieces: list[torch.Tensor] = []  # a step's logits, one micro-batch at a time (for on_batch)
+
+    def forward(part: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = model(part)
+        pieces.append(out.detach())
+        return out
+
     model.train()
     try:
         while step < total:
@@ -138,10 +145,12 @@ def train_resumable(
                 for group in opt.param_groups:
                     group["lr"] = config.lr_at(step, total)
                 idx = order[pos : pos + config.batch_size]
-                logits = model(train.images[idx])
-                loss = loss_fn(logits, train.labels[idx])
+                x = train.images[idx]
+                pieces.clear()
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # Micro-batches on a CPU, as train_model: the same steps up to float rounding.
+                loss = cross_entropy_backward(forward, x, train.labels[idx], training_micro_batch(model, x))
+                logits = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
                 mutating = True
                 opt.step()
                 if on_batch is not None:
