@@ -16,7 +16,7 @@ has its own caching allocator and wants the largest launches, so there a batch s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,23 @@ def training_micro_batch(model: nn.Module, x: torch.Tensor) -> int:
     return micro_batch_size(spec, x.shape, len(x), x.device)
 
 
+def _piece_losses(
+    forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, micro_batch: int
+) -> Iterator[torch.Tensor]:
+    """The losses of ``x`` in micro-batches; they add up to the batch's mean cross-entropy.
+
+    A whole batch gives the plain mean (the plain loop's numbers bit for bit); a piece gives its
+    summed loss over the whole batch's size.
+    """
+    n = len(x)
+    if micro_batch >= n:
+        yield F.cross_entropy(forward(x).float(), y)
+        return
+    for start in range(0, n, micro_batch):
+        part = slice(start, start + micro_batch)
+        yield F.cross_entropy(forward(x[part]).float(), y[part], reduction="sum") / n
+
+
 def cross_entropy_backward(
     forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, micro_batch: int
 ) -> torch.Tensor:
@@ -65,18 +82,10 @@ def cross_entropy_backward(
     Gradients accumulate in the parameters' ``.grad`` as one ``loss.backward()`` would put them
     (clear them first). Returns the mean loss, detached.
     """
-    n = len(x)
-    if micro_batch >= n:
-        loss = F.cross_entropy(forward(x), y)
-        loss.backward()  # type: ignore[no-untyped-call]
-        return loss.detach()
     total = torch.zeros((), device=x.device)
-    for start in range(0, n, micro_batch):
-        # Each piece's summed loss over the whole batch's size: the pieces add up to the mean.
-        part = slice(start, start + micro_batch)
-        piece = F.cross_entropy(forward(x[part]), y[part], reduction="sum") / n
-        piece.backward()  # type: ignore[no-untyped-call]
-        total += piece.detach()
+    for loss in _piece_losses(forward, x, y, micro_batch):
+        loss.backward()  # type: ignore[no-untyped-call]
+        total += loss.detach()
     return total
 
 
@@ -94,16 +103,14 @@ def cross_entropy_grad(
     Unlike :func:`cross_entropy_backward` nothing is written to ``.grad``. ``bf16`` runs the
     forward under bfloat16 autocast (the loss in float32).
     """
-    n = len(x)
-    total: list[torch.Tensor] | None = None
-    for start in range(0, n, micro_batch):
+
+    def forward(part: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = net(x[start : start + micro_batch])
-        target = y[start : start + micro_batch]
-        if micro_batch >= n:
-            loss = F.cross_entropy(out.float(), target)
-        else:
-            loss = F.cross_entropy(out.float(), target, reduction="sum") / n
+            out: torch.Tensor = net(part)
+        return out
+
+    total: list[torch.Tensor] | None = None
+    for loss in _piece_losses(forward, x, y, micro_batch):
         grads = torch.autograd.grad(loss, params)
         total = list(grads) if total is None else [t.add_(g) for t, g in zip(total, grads, strict=True)]
     assert total is not None, "an empty batch has no gradient"

@@ -150,7 +150,7 @@ def train_resumable(
                 opt.zero_grad(set_to_none=True)
                 # Micro-batches on a CPU, as train_model: the same steps up to float rounding.
                 loss = cross_entropy_backward(forward, x, train.labels[idx], training_micro_batch(model, x))
-                logits = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+                logits = torch.cat(pieces)
                 mutating = True
                 opt.step()
                 if on_batch is not None:
