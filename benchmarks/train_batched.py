@@ -37,7 +37,8 @@ from nas_proxy.cli import OneLineParser
 from nas_proxy.data import Split, load_dataset, make_synthetic
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
-from nas_proxy.fast import choose_plan, train_many, train_stacked
+from nas_proxy.fast import Plan, choose_plan, train_many, train_stacked
+from nas_proxy.microbatch import keep_freed_memory
 from nas_proxy.models import build_model, count_flops
 from nas_proxy.space import ArchSpec
 from nas_proxy.train import TrainConfig, train_model
@@ -107,6 +108,40 @@ def relative_difference(a: nn.Module, b: nn.Module) -> float:
         for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
         if y.is_floating_point()
     )
+
+
+def _train_seed0(
+    spec: ArchSpec, train: Split, cfg: TrainConfig, stack: list[int], inner: str, worker: bool
+) -> nn.Module:
+    if worker:  # what nas_proxy.fast's workers set up before training
+        torch.set_num_threads(1)
+        keep_freed_memory()
+    models = [build_model(spec, train.in_channels, train.image_size, train.num_classes, seed=s) for s in stack]
+    models = [m.to(train.device) for m in models]
+    if inner == "stacked":
+        train_stacked(models, train, cfg, stack)
+    else:
+        train_model(models[0], train, cfg, stack[0])
+    return models[0].cpu()
+
+
+def seed0_as_ours(
+    spec: ArchSpec, train: Split, cfg: TrainConfig, seeds: list[int], plan: Plan, threads: int
+) -> nn.Module:
+    """Seed 0's model as ``train_many`` trains it under ``plan``: in the same stack of seeds, with the
+    same thread count and allocator settings (a loky worker for ``parallel``)."""
+    inner = plan.inner if plan.strategy == "parallel" else plan.strategy
+    share = seeds[:: plan.n_jobs] if plan.strategy == "parallel" else seeds
+    stack = share[: plan.stack_size] if inner == "stacked" else share[:1]
+    if plan.strategy != "parallel":
+        torch.set_num_threads(threads)
+        return _train_seed0(spec, train, cfg, stack, inner, worker=False)
+    from joblib.externals.loky import get_reusable_executor
+
+    # joblib's own pool: one of the workers ours ran in (n_jobs=1 in joblib would run here instead).
+    executor = get_reusable_executor(max_workers=plan.n_jobs)
+    model: nn.Module = executor.submit(_train_seed0, spec, train.to("cpu"), cfg, stack, inner, True).result()
+    return model
 
 
 # ----------------------------------------------------------------------------- data and cases
@@ -237,14 +272,9 @@ def run(args: argparse.Namespace) -> int:
             ours_times.append(ours_t.seconds)
         ours_acc = [o.accuracy for o in ours]
         # Seed 0's final parameters as ours trains them (train_many returns accuracies, not models):
-        # the plan's inner code with its workers' thread count, against the plain loop's.
-        check = build_model(spec, train.in_channels, train.image_size, train.num_classes, seed=0).to(device)
+        # the plan's inner code on seed 0's stack, in a worker like ours' where ours uses workers.
+        check = seed0_as_ours(spec, train, cfg, seeds, plan, threads)
         worker_threads = 1 if plan.strategy == "parallel" else threads
-        torch.set_num_threads(worker_threads)
-        if "stacked" in (plan.strategy, plan.inner):
-            train_stacked([check], train, cfg, [0])
-        else:
-            train_model(check, train, cfg, 0)
         # The float floor: the reference itself, seed 0, with the other thread count (only the
         # summation order of some kernels changes). Differences of ours below it are float noise.
         other = 1 if (args.reference_threads or threads) > 1 else 2
@@ -298,7 +328,8 @@ def run(args: argparse.Namespace) -> int:
         f"seconds: best of {args.repeats} runs of each side, the sides alternating "
         "(every run in runs_ref_s / runs_ours_s)",
         "equal: every seed's accuracy within 0.5 points and seed 0's final tensors within param_tol relative "
-        "(seed 0 retrained by ours' code with its workers' thread count); ref_threads_floor: the reference "
+        "(seed 0 retrained by ours' code in its stack of seeds, in a worker like ours' where ours uses workers); "
+        "ref_threads_floor: the reference "
         "against itself at the other thread count, the float noise of the reference alone; param_tol: 1e-3 "
         "or twice ref_threads_floor, whichever is larger",
         "ours on a CPU runs a batch of a net without BatchNorm in micro-batches of a few MiB (nas_proxy.microbatch: "

@@ -29,7 +29,8 @@ import torch
 from nas_proxy.data import Split
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
-from nas_proxy.fast import FastOptions, group_key, keep_freed_memory, train_candidates, train_many
+from nas_proxy.fast import FastOptions, group_key, train_candidates, train_many
+from nas_proxy.microbatch import keep_freed_memory
 from nas_proxy.proxies.artifact import ProxySet
 from nas_proxy.space import ArchSpec
 from nas_proxy.store import STORE_FORMAT, ResultsStore, RunRow, ScoreRow, now_iso

@@ -23,17 +23,17 @@ test, config, s) for s in seeds]`` returns, to float tolerance, by one of these 
 Equality with the loop: same initial weights (same ``build_model`` seeds), same batch order (the
 same seeded ``randperm``), same learning-rate schedule. One model in the stacked code runs the
 loop's own kernels on the loop's own batches, so on a CPU it is bit-identical to ``train_model``
-(tests/test_fast.py checks every layer type); ``parallel`` workers run that with one thread, so
-they match a one-thread loop exactly and a two-thread loop as closely as the loop matches itself
-(ConvNet-D3-W8, 100 steps: 9.9e-5 relative, benchmarks/train_batched.py). Several models in one
-network change the summation order of the grouped convs and the batched head, and in 100 steps
-such rounding differences grow to ~1e-2 relative in the weights (test accuracies stay within a
-few tenths of a point); the same happens to the loop itself with a fused SGD update.
+(tests/test_fast.py checks every layer type); a ``parallel`` worker running one model at a time
+with one thread matches a one-thread loop exactly and a two-thread loop as closely as the loop
+matches itself (ConvNet-D3-W8, 100 steps: 9.9e-5 relative). Several models in one network change
+the summation order of the grouped convs and the batched head: after 100 steps on a 100-image
+proxy, seed 0's weights were 1e-6 relative from the loop's at ConvNet-D3-W8 and 7e-3 at W16, within
+what float32 rounding itself does to the loop (the loop in float64 against float32: 9.9e-5 and
+3.2e-2). Test accuracies stay within a few tenths of a point.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +46,7 @@ from torch import nn
 
 from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError, UnknownNameError
-from nas_proxy.microbatch import micro_batch_size, splittable
+from nas_proxy.microbatch import keep_freed_memory, micro_batch_size, splittable
 from nas_proxy.models import ConvNet, build_model, count_flops, count_params, first_padding
 from nas_proxy.space import ArchSpec
 from nas_proxy.train import (
@@ -661,23 +661,6 @@ def stacked_accuracy(net: StackedConvNets, split: Split, batch_size: int | None 
     return [c / max(len(split), 1) for c in correct.tolist()]
 
 
-def keep_freed_memory() -> None:
-    """Stop glibc from handing activation buffers back to the OS after every step (Linux only).
-
-    A narrow net's activations are a few MB each: above glibc's mmap threshold, so every step maps
-    fresh pages and faults them in, zeroed, which costs as much as the arithmetic (seen as slow
-    ``threshold_backward`` and ``fill_`` in a profile). Worker processes are ours to tune (this
-    one and the evaluator's); a user's own process is left alone.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's maximum on 64-bit
-    libc.mallopt(m_trim_threshold, 1 << 30)
-
-
 def _worker_task(
     spec: ArchSpec, train: Split, test: Split, config: TrainConfig, seeds: list[int], plan: Plan, options: FastOptions
 ) -> list[RunOutcome]:
@@ -755,15 +738,18 @@ def choose_plan(spec: ArchSpec, train: Split, config: TrainConfig, n_seeds: int,
     """The plan ``strategy="auto"`` uses: a cost model from measurements on the project's 2-core CPU.
 
     - GPU: every seed in one stacked network (a small net is launch-bound: R models cost about one).
-    - CPU, in one process: stacking many models loses (R models' activations leave the cache and
-      every kernel turns memory-bound: 0.3-0.7x at R=10), but the stacked code with ONE model per
-      network beats the reference step by 1.1-1.3x on avg-pooled nets up to ~20 MFLOPs an image
-      (GEMM pooling replaces PyTorch's slow NCHW pooling kernel); elsewhere it is a wash or slower
-      (maxpool, layernorm), so those keep the reference loop.
-    - CPU with ``n_jobs > 1``: seeds go to one-thread worker processes when the net is small (a
-      narrow net uses a second intra-op thread badly, and not at all on a busy host) or when the
-      seeds split evenly over the workers and the net is not wide (up to ~50 MFLOPs it then
-      scales as well as with threads; from the default ConvNet up, threads scale better on a quiet host).
+    - CPU, small avg-pooled nets (up to ~20 MFLOPs an image): the stacked code, all seeds of a
+      process in one network. Stacking R=5-10 narrow models made a model's step 1.05-1.7x faster
+      than one model alone (ConvNet-D3, 100 images, widths 4-32, one or two threads), now that
+      their activations come in micro-batches or stay in kept memory; and even one model is 1.1-1.3x
+      the reference step (GEMM pooling replaces PyTorch's slow NCHW pooling kernel). LayerNorm nets
+      stack one model per network (their stacked norm is not the fused kernel: 0.97x); max-pooled
+      and larger nets keep the reference loop (a wash or slower).
+    - CPU with ``n_jobs > 1``: seeds go to one-thread worker processes, each with its share, when
+      the net is small (a narrow net uses a second intra-op thread badly, and not at all on a busy
+      host) or when the seeds split evenly over the workers and the net is not wide (up to ~50
+      MFLOPs it then scales as well as with threads; from the default ConvNet up, threads scale
+      better on a quiet host).
     """
     if train.device.type == "cuda":
         return Plan("stacked", stack_size=n_seeds)
@@ -771,9 +757,12 @@ def choose_plan(spec: ArchSpec, train: Split, config: TrainConfig, n_seeds: int,
     inner = "stacked" if spec.pool == "avgpool" and flops <= STACKED_STEP_MAX_FLOPS else "loop"
     jobs = min(n_jobs, n_seeds)
     even = n_seeds % jobs == 0 and flops <= PARALLEL_EVEN_MAX_FLOPS
-    if jobs > 1 and (flops <= PARALLEL_ALWAYS_MAX_FLOPS or even):
-        return Plan("parallel", stack_size=1, n_jobs=jobs, inner=inner)
-    return Plan(inner, stack_size=1)
+    parallel = jobs > 1 and (flops <= PARALLEL_ALWAYS_MAX_FLOPS or even)
+    per_process = -(-n_seeds // jobs) if parallel else n_seeds  # the seeds one process trains
+    stack = per_process if inner == "stacked" and spec.norm != "layernorm" else 1
+    if parallel:
+        return Plan("parallel", stack_size=stack, n_jobs=jobs, inner=inner)
+    return Plan(inner, stack_size=stack)
 
 
 # Forward FLOPs of one image up to which the one-model stacked step beats the reference step on CPU.
@@ -807,7 +796,8 @@ def train_many(
     ``strategy``: one of :data:`STRATEGIES` (``auto``: :func:`choose_plan`). ``n_jobs``: worker
     processes for ``parallel`` (``-1``: one per core); ``auto`` uses workers only when
     ``n_jobs > 1``, so inside an evaluator's own worker pass ``n_jobs=1``. ``stack_size``: models per
-    stacked network (default: all seeds for ``stacked``, one inside ``parallel`` workers).
+    stacked network (default: all seeds for ``stacked``; for ``parallel`` and ``auto`` what
+    :func:`choose_plan` picks, on a CPU all of a worker's seeds where stacking pays).
     Results come back in ``seeds`` order; ``seconds`` of a stacked run is its share of the wall time.
     """
     if isinstance(spec, str):
@@ -829,9 +819,10 @@ def train_many(
         if stack_size is not None:
             plan = Plan(plan.strategy, stack_size, plan.n_jobs, plan.inner)
     elif strategy == "parallel":
-        inner = "stacked" if stack_size else choose_plan(spec, train, config, len(seeds), 1).strategy
-        workers = _cpu_count() if n_jobs == 1 else jobs  # asking for 'parallel' asks for workers
-        plan = Plan("parallel", stack_size or 1, max(1, min(workers, len(seeds))), inner)
+        workers = max(1, min(_cpu_count() if n_jobs == 1 else jobs, len(seeds)))  # 'parallel' asks for workers
+        share = choose_plan(spec, train, config, -(-len(seeds) // workers), 1)  # what one worker runs
+        inner = "stacked" if stack_size else share.strategy
+        plan = Plan("parallel", stack_size or share.stack_size, workers, inner)
     else:
         plan = Plan(strategy, stack_size or len(seeds))
     return _run_plan(spec, train, test, config, seeds, plan, options or FastOptions())
@@ -878,7 +869,6 @@ __all__ = [
     "choose_plan",
     "default_group_memory",
     "group_key",
-    "keep_freed_memory",
     "stacked_accuracy",
     "step_memory",
     "train_and_evaluate_fast",

@@ -127,7 +127,7 @@ def test_train_model_fast_stops_a_diverged_run_like_train_model(data: tuple[Spli
 
 
 @pytest.mark.parametrize("arch", SPECS)
-@pytest.mark.parametrize("strategy", ["loop", "stacked"])
+@pytest.mark.parametrize("strategy", ["loop", "stacked", "auto"])
 def test_train_many_matches_one_by_one(data: tuple[Split, Split], arch: str, strategy: str) -> None:
     train, test = data
     seeds = [3, 1]
@@ -180,6 +180,21 @@ def test_auto_picks_a_valid_plan(data: tuple[Split, Split], n_jobs: int) -> None
     got.append(train_and_evaluate_fast(SPECS[0], train, test, FULL_BATCH, 0))
     expected = train_and_evaluate(SPECS[0], train, test, FULL_BATCH, 0)
     assert_same_outcomes([expected, expected], got, len(test))
+
+
+def test_auto_stacks_each_process_share_of_seeds_where_stacking_pays(data: tuple[Split, Split]) -> None:
+    train, _ = data
+
+    def plan(arch: str, n_seeds: int, n_jobs: int) -> Plan:
+        return choose_plan(ArchSpec.from_id(arch), train, FULL_BATCH, n_seeds=n_seeds, n_jobs=n_jobs)
+
+    # A narrow avg-pooled net: all seeds of a process in one network, in workers their share each.
+    assert plan("ConvNet-D3-W8-AR-IN-AP", 10, 1) == Plan("stacked", stack_size=10)
+    assert plan("ConvNet-D3-W8-AR-IN-AP", 10, 2) == Plan("parallel", stack_size=5, n_jobs=2, inner="stacked")
+    assert plan("ConvNet-D3-W8-AR-IN-AP", 5, 2) == Plan("parallel", stack_size=3, n_jobs=2, inner="stacked")
+    # LayerNorm's stacked form is not the fused kernel: one model a network. Max pooling: the loop.
+    assert plan("ConvNet-D3-W8-AR-LN-AP", 10, 2).stack_size == 1
+    assert plan("ConvNet-D3-W8-AR-IN-MP", 10, 1) == Plan("loop")
 
 
 @pytest.mark.parametrize(
