@@ -59,18 +59,20 @@ class Case:
 
 
 def plain_loop(
-    arch: str, train: Split, test: Split, cfg: TrainConfig, seeds: list[int]
+    arch: str, train: Split, test: Split, cfg: TrainConfig, seeds: list[int], dtype: torch.dtype = torch.float32
 ) -> tuple[list[float], nn.Module]:
     """One model after another, one step after another: what research code does.
 
     The protocol of ``nas_proxy.train``: SGD with momentum and weight decay, each seed's own
     shuffled order, lr x0.1 at half the steps, then test accuracy in eval mode.
-    Returns the accuracies and the first model (for the parameter check).
+    Returns the accuracies and the first model (for the parameter check). ``dtype=torch.float64``
+    gives the float floor: how far float32 rounding alone takes the loop from exact arithmetic.
     """
     accuracies: list[float] = []
     first: nn.Module | None = None
     for seed in seeds:
-        model = build_model(arch, train.in_channels, train.image_size, train.num_classes, seed=seed).to(train.device)
+        model = build_model(arch, train.in_channels, train.image_size, train.num_classes, seed=seed)
+        model = model.to(train.device, dtype)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         loss_fn = nn.CrossEntropyLoss()
         gen = torch.Generator().manual_seed(seed)
@@ -84,7 +86,7 @@ def plain_loop(
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * (0.1 if step >= int(total * cfg.decay_at) else 1.0)
                 idx = order[i : i + cfg.batch_size]
-                loss = loss_fn(model(train.images[idx]), train.labels[idx])
+                loss = loss_fn(model(train.images[idx].to(dtype)), train.labels[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -93,7 +95,8 @@ def plain_loop(
         correct = 0
         with torch.no_grad():
             for i in range(0, len(test), 256):  # the authors' test loader: batches of 256
-                correct += int((model(test.images[i : i + 256]).argmax(1) == test.labels[i : i + 256]).sum())
+                logits = model(test.images[i : i + 256].to(dtype))
+                correct += int((logits.argmax(1) == test.labels[i : i + 256]).sum())
         accuracies.append(correct / len(test))
         if first is None:
             first = model
@@ -136,12 +139,12 @@ def seed0_as_ours(
     if plan.strategy != "parallel":
         torch.set_num_threads(threads)
         return _train_seed0(spec, train, cfg, stack, inner, worker=False)
-    from joblib.externals.loky import get_reusable_executor
+    from joblib import Parallel, delayed
 
-    # joblib's own pool: one of the workers ours ran in (n_jobs=1 in joblib would run here instead).
-    executor = get_reusable_executor(max_workers=plan.n_jobs)
-    model: nn.Module = executor.submit(_train_seed0, spec, train.to("cpu"), cfg, stack, inner, True).result()
-    return model
+    # joblib's pool, as ours (with n_jobs=1 joblib would run the task here instead of in a worker).
+    task = delayed(_train_seed0)(spec, train.to("cpu"), cfg, stack, inner, True)
+    (model,) = Parallel(n_jobs=plan.n_jobs, backend="loky")([task])
+    return model  # type: ignore[no-any-return]
 
 
 # ----------------------------------------------------------------------------- data and cases
@@ -207,6 +210,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference-threads", type=int, default=None, help="torch threads of the reference loop")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each side, alternating; best of them counts")
     p.add_argument("--explore", action="store_true", help="also time each strategy on its own")
+    p.add_argument(
+        "--float64-floor",
+        action="store_true",
+        help="also train seed 0 by the reference in float64: how far float32 rounding alone moves its weights",
+    )
     p.add_argument("--only", default=None, help="comma-separated labels to run (narrow,default,wide,whole)")
     args = p.parse_args(argv)
     counts = ("seeds", "epochs", "wide_seeds", "wide_epochs", "whole_images", "whole_epochs", "test_images", "repeats")
@@ -300,6 +308,9 @@ def run(args: argparse.Namespace) -> int:
             "ref_threads_floor": f"{floor:.1e}",
             "param_tol": f"{param_tol:.1e}",
         }
+        if args.float64_floor:  # float32's own error: the reference against itself in float64
+            _, ref64 = plain_loop(case.arch, train, test, cfg, [0], dtype=torch.float64)
+            details["float64_floor"] = f"{relative_difference(ref_model, ref64.float()):.1e}"
         if case.train_images is not None:
             details["train_images"] = len(train)
         details["runs_ref_s"] = "/".join(f"{t:.2f}" for t in ref_times)
@@ -331,7 +342,8 @@ def run(args: argparse.Namespace) -> int:
         "(seed 0 retrained by ours' code in its stack of seeds, in a worker like ours' where ours uses workers); "
         "ref_threads_floor: the reference "
         "against itself at the other thread count, the float noise of the reference alone; param_tol: 1e-3 "
-        "or twice ref_threads_floor, whichever is larger",
+        "or twice ref_threads_floor, whichever is larger; float64_floor (with --float64-floor): the reference's "
+        "seed 0 in float32 against the same loop in float64, the error of float32 arithmetic itself",
         "ours on a CPU runs a batch of a net without BatchNorm in micro-batches of a few MiB (nas_proxy.microbatch: "
         "the same gradient up to float rounding), the reference in one piece",
         "whole: the ground-truth side, one seed of the default candidate on that many training images "
