@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
@@ -280,6 +281,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="our real-gradient dtypes to time against the one float32 reference (default both)",
     )
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the loss and image checks")
+    p.add_argument(
+        "--count-flops",
+        action="store_true",
+        help="also count one iteration's convolution and matmul FLOPs (one more untimed iteration of ours) "
+        "and this device's float32 GEMM peak: how close each side runs to the hardware",
+    )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", type=Path, default=None, help="record folder (default results/benchmarks; smoke: /tmp)")
     args = p.parse_args(argv)
@@ -304,6 +311,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _max_rel_loss(ours: Sequence[float], ref: Sequence[float]) -> float:
     """The largest relative difference of two loss curves, point by point."""
     return max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(ours, ref, strict=True))
+
+
+def gflop_per_iteration(train: Split, s: DCSettings) -> float:
+    """Convolution and matmul GFLOP of one DC iteration (ours, float32; the reference does the same
+    arithmetic: it also asks for the 1-D parameters' gradients, which are sums, not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        project_dc(train, dataclasses.replace(s, iterations=1))
+    return float(counter.get_total_flops()) / 1e9
+
+
+def gemm_peak_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """Float32 GFLOP/s of an n x n matmul on ``device`` at the current thread count: the hardware's ceiling."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    with Timer() as t:
+        for _ in range(repeats):
+            a @ b
+        _sync(device)
+    return 2 * n**3 * repeats / t.seconds / 1e9
 
 
 def compare(train: Split, s: DCSettings, rtol: float, dtypes: Sequence[str]) -> list[Comparison]:
@@ -397,7 +428,15 @@ def run(args: argparse.Namespace) -> int:
     for k in args.ipc:
         s = settings_for(args, k)
         print(f"ipc {k}: {s.iterations} iterations, outer {s.outer_loop}, inner {s.inner_loop} ...", flush=True)
-        for c in compare(train, s, args.rtol, args.real_dtype):
+        found = compare(train, s, args.rtol, args.real_dtype)
+        if args.count_flops:
+            gflop, peak = gflop_per_iteration(train, s), gemm_peak_gflops(device)
+            for c in found:
+                c.details["gflop_per_it"] = round(gflop, 1)
+                c.details["gemm_peak_gflops"] = round(peak, 1)
+                c.details["ref_gflops"] = round(gflop / c.details["ref_s_per_it"], 1)
+                c.details["ours_gflops"] = round(gflop / c.details["ours_s_per_it"], 1)
+        for c in found:
             comparisons.append(c)
             print(c.result_line(), c.details, flush=True)
 
@@ -419,6 +458,13 @@ def run(args: argparse.Namespace) -> int:
         f"{args.rtol} or twice that floor, whichever is larger",
         f"torch threads: {torch.get_num_threads()}; load average after the run: {info_after['load_average']}",
     ]
+    if args.count_flops:
+        notes.append(
+            "--count-flops: gflop_per_it counts the convolutions and matmuls of one iteration of ours "
+            "(torch.utils.flop_counter, float32); ref_gflops / ours_gflops: that over each side's seconds per "
+            "iteration; gemm_peak_gflops: a float32 2048x2048 matmul on this device, the hardware's ceiling "
+            "(a bfloat16 run does the same FLOPs, partly at bfloat16's higher peak)"
+        )
     if args.quick:
         notes.append("--quick: 2 iterations; ipc 10 with outer 2 / inner 10 (the paper: 10 / 50)")
     if args.smoke:
@@ -433,6 +479,7 @@ def run(args: argparse.Namespace) -> int:
         "synthetic": args.synthetic,
         "seed": args.seed,
         "real_dtype": args.real_dtype,
+        "count_flops": args.count_flops,
     }
     out_dir, suffix = record_target(args.out, smoke=args.smoke, quick=args.quick, synthetic=args.synthetic)
     path = write_record("dc_step", info, comparisons, settings, notes, out_dir=out_dir, suffix=suffix)
