@@ -321,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
             for label, kw in (
                 ("stacked-all", {"strategy": "stacked"}),
                 ("stacked-1", {"strategy": "stacked", "stack_size": 1}),
-                ("parallel-loop", {"strategy": "parallel", "n_jobs": n_jobs}),
+                ("parallel-1", {"strategy": "parallel", "n_jobs": n_jobs, "stack_size": 1}),
             ):
                 with Timer() as t:
                     out = train_many(spec, train, test, cfg, seeds, **kw)  # type: ignore[arg-type]
