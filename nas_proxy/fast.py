@@ -739,13 +739,13 @@ def choose_plan(spec: ArchSpec, train: Split, config: TrainConfig, n_seeds: int,
     """The plan ``strategy="auto"`` uses: a cost model from measurements on the project's 2-core CPU.
 
     - GPU: every seed in one stacked network (a small net is launch-bound: R models cost about one).
-    - CPU, small avg-pooled nets (up to ~20 MFLOPs an image): the stacked code, all seeds of a
-      process in one network. Stacking R=5-10 narrow models made a model's step 1.05-1.7x faster
-      than one model alone (ConvNet-D3, 100 images, widths 4-32, one or two threads), now that
-      their activations come in micro-batches or stay in kept memory; and even one model is 1.1-1.3x
-      the reference step (GEMM pooling replaces PyTorch's slow NCHW pooling kernel). LayerNorm nets
-      stack one model per network (their stacked norm is not the fused kernel: 0.97x); max-pooled
-      and larger nets keep the reference loop (a wash or slower).
+    - CPU, small avg-pooled nets (up to ~20 MFLOPs an image): the stacked code, the seeds of a
+      process in one network (up to :data:`CPU_STACK_MAX`). Stacking R=5-10 narrow models made a
+      model's step 1.05-1.7x faster than one model alone (ConvNet-D3, 100 images, widths 4-32, one
+      or two threads), now that their activations come in micro-batches or stay in kept memory;
+      and even one model is 1.1-1.3x the reference step (GEMM pooling replaces PyTorch's slow NCHW
+      pooling kernel). LayerNorm nets stack one model per network (their stacked norm is not the
+      fused kernel: 0.97x); max-pooled and larger nets keep the reference loop (a wash or slower).
     - CPU with ``n_jobs > 1``: seeds go to one-thread worker processes, each with its share, when
       the net is small (a narrow net uses a second intra-op thread badly, and not at all on a busy
       host) or when the seeds split evenly over the workers and the net is not wide (up to ~50
@@ -760,12 +760,15 @@ def choose_plan(spec: ArchSpec, train: Split, config: TrainConfig, n_seeds: int,
     even = n_seeds % jobs == 0 and flops <= PARALLEL_EVEN_MAX_FLOPS
     parallel = jobs > 1 and (flops <= PARALLEL_ALWAYS_MAX_FLOPS or even)
     per_process = -(-n_seeds // jobs) if parallel else n_seeds  # the seeds one process trains
-    stack = per_process if inner == "stacked" and spec.norm != "layernorm" else 1
+    stack = min(per_process, CPU_STACK_MAX) if inner == "stacked" and spec.norm != "layernorm" else 1
     if parallel:
         return Plan("parallel", stack_size=stack, n_jobs=jobs, inner=inner)
     return Plan(inner, stack_size=stack)
 
 
+# Models per stacked network on a CPU: the gain was measured up to 10; beyond, the micro-batches of
+# a wide stack shrink towards one image and their per-call overhead takes over.
+CPU_STACK_MAX = 10
 # Forward FLOPs of one image up to which the one-model stacked step beats the reference step on CPU.
 STACKED_STEP_MAX_FLOPS = 20_000_000
 # Up to here a step is overhead-bound: one-thread workers win even when the seeds split unevenly.

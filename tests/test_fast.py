@@ -192,6 +192,7 @@ def test_auto_stacks_each_process_share_of_seeds_where_stacking_pays(data: tuple
     assert plan("ConvNet-D3-W8-AR-IN-AP", 10, 1) == Plan("stacked", stack_size=10)
     assert plan("ConvNet-D3-W8-AR-IN-AP", 10, 2) == Plan("parallel", stack_size=5, n_jobs=2, inner="stacked")
     assert plan("ConvNet-D3-W8-AR-IN-AP", 5, 2) == Plan("parallel", stack_size=3, n_jobs=2, inner="stacked")
+    assert plan("ConvNet-D3-W8-AR-IN-AP", 25, 1) == Plan("stacked", stack_size=10)  # chunks of at most 10
     # LayerNorm's stacked form is not the fused kernel: one model a network. Max pooling: the loop.
     assert plan("ConvNet-D3-W8-AR-LN-AP", 10, 2).stack_size == 1
     assert plan("ConvNet-D3-W8-AR-IN-MP", 10, 1) == Plan("loop")
