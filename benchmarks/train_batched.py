@@ -119,8 +119,10 @@ def _train_seed0(
     if worker:  # what nas_proxy.fast's workers set up before training
         torch.set_num_threads(1)
         keep_freed_memory()
-    models = [build_model(spec, train.in_channels, train.image_size, train.num_classes, seed=s) for s in stack]
-    models = [m.to(train.device) for m in models]
+    models = [
+        build_model(spec, train.in_channels, train.image_size, train.num_classes, seed=s).to(train.device)
+        for s in stack
+    ]
     if inner == "stacked":
         train_stacked(models, train, cfg, stack)
     else:
