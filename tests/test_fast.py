@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from nas_proxy import fused
 from nas_proxy.data import Split, make_synthetic
 from nas_proxy.errors import NasProxyError, UnknownNameError
 from nas_proxy.fast import (
@@ -87,6 +89,29 @@ def test_stacked_training_matches_the_loop_parameter_for_parameter(
                 assert torch.equal(got_state[key], value), f"{arch} {key}"
             else:
                 torch.testing.assert_close(got_state[key], value, rtol=1e-4, atol=1e-5, msg=f"{arch} {key}")
+
+
+@pytest.mark.skipif(not fused.available(), reason="no C compiler here: PyTorch's kernels serve")
+def test_stacked_norm_blocks_run_fused_and_one_model_keeps_pytorchs_kernels(
+    data: tuple[Split, Split], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several models: each norm -> ReLU -> pooling block wide enough is one fused kernel (the
+    test above holds them to the loop). One model: PyTorch's kernels, bit for bit the loop."""
+    train, _ = data
+    widths: list[int] = []
+    real = fused.norm_act_pool
+
+    def spy(x: torch.Tensor, *args: Any) -> torch.Tensor:
+        widths.append(x.shape[-1])
+        return real(x, *args)
+
+    monkeypatch.setattr(fused, "norm_act_pool", spy)
+    arch = "ConvNet-D2-W8-AR-IN-AP"  # maps of 32x32, then 16x16
+    train_stacked([build_model(arch, seed=s) for s in (0, 1)], train, FULL_BATCH, [0, 1])
+    assert sorted(set(widths)) == [16, 32]
+    widths.clear()
+    train_stacked([build_model(arch, seed=0)], train, FULL_BATCH, [0])
+    assert widths == []
 
 
 @pytest.mark.parametrize("arch", ["ConvNet-D2-W8-AR-IN-AP", "ConvNet-D2-W4-AS-BN-MP"])

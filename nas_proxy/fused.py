@@ -1,0 +1,159 @@
+"""Group norm, activation and 2x2 average pooling as one CPU kernel, for stacked narrow nets.
+
+A narrow ConvNet's step on a CPU is memory-bound: each of PyTorch's kernels (group norm, ReLU,
+pooling, and their backwards) streams the whole activation through memory, ten passes over a
+16 MB map for a stack of 5 ConvNet-D3-W8 on 100 images. ``csrc/norm_act_pool.c`` does the block
+one group of channels at a time while it sits in cache, and recomputes the activation in the
+backward instead of storing it. One thread, 100 images of 40 channels at 32x32: forward plus
+backward 4.0 ms against 14.3 ms for PyTorch's kernels (16x16: 1.5 against 3.1 ms), equal to
+them to float rounding (1e-7 relative), not bit for bit: the sums run in another order.
+
+The C file is compiled at first use with the system's C compiler (``$CC``, else ``cc``) into a
+cache folder (``$NAS_PROXY_CACHE``, else ``~/.cache/nas_proxy``), keyed by the source, the
+compiler and this CPU's flags (it is built for this CPU). Without a compiler, or with
+``NAS_PROXY_FUSED=0``, :func:`available` is False and callers keep PyTorch's kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+SOURCE = Path(__file__).parent / "csrc" / "norm_act_pool.c"
+# Rows are staged in fixed buffers of this many floats in the C code.
+MAX_WIDTH = 4096
+# Narrower maps run faster in PyTorch's kernels (8x8: 0.83 against 0.61 ms): the C loops work
+# on rows of 16 floats.
+MIN_WIDTH = 16
+_FLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC")
+
+
+def _cpu_fingerprint() -> str:
+    """This CPU's model and instruction-set flags: a library built with -march=native runs only there."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("NAS_PROXY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nas_proxy")
+    return Path(root) / "kernels"
+
+
+def _compile(compiler: str, target: Path) -> bool:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target, then rename: workers compiling at once never load a half-written file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        for flags in (_FLAGS, tuple(f for f in _FLAGS if f != "-march=native")):
+            done = subprocess.run(
+                [compiler, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, timeout=120, check=False
+            )
+            if done.returncode == 0:
+                os.replace(tmp, target)
+                return True
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def _library() -> Any:
+    """The compiled kernel (ctypes), or None where it cannot be built or is switched off."""
+    if os.environ.get("NAS_PROXY_FUSED", "1") == "0":
+        return None
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        return None
+    key = hashlib.sha256(
+        b"\0".join(s.encode() for s in (SOURCE.read_text(), compiler, " ".join(_FLAGS), _cpu_fingerprint()))
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"norm_act_pool-{key}.so"
+    try:
+        if not target.exists() and not _compile(compiler, target):
+            return None
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    ptr, long_, float_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
+    lib.norm_act_pool_forward.argtypes = [ptr] * 3 + [long_] * 5 + [float_] * 2 + [ptr] * 3
+    lib.norm_act_pool_backward.argtypes = [ptr] * 6 + [long_] * 5 + [float_] + [ptr] * 3
+    return lib
+
+
+def available() -> bool:
+    """Whether the fused kernel is built and loaded here (else callers use PyTorch's kernels)."""
+    return _library() is not None
+
+
+def supports(x: torch.Tensor) -> bool:
+    """Whether :func:`norm_act_pool` takes ``x``: a float32 (N, C, H, W) CPU map that is wide enough."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and MIN_WIDTH <= x.shape[-1] <= MAX_WIDTH
+        and x.shape[-2] >= 2
+        and available()
+    )
+
+
+class _NormActPool(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, eps: float, slope: float
+    ) -> torch.Tensor:
+        lib = _library()
+        n, c, h, w = x.shape
+        x, weight, bias = x.contiguous(), weight.detach().contiguous(), bias.detach().contiguous()
+        out = x.new_empty(n, c, h // 2, w // 2)
+        mean, rstd = x.new_empty(n * groups), x.new_empty(n * groups)
+        lib.norm_act_pool_forward(
+            x.data_ptr(), weight.data_ptr(), bias.data_ptr(), n, c, h, w, groups, eps, slope,
+            out.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+        )  # fmt: skip
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.groups, ctx.slope = groups, slope
+        return out
+
+    @staticmethod
+    @once_differentiable  # type: ignore[misc]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        n, c, h, w = x.shape
+        grad = grad.contiguous()
+        dx, dweight, dbias = torch.empty_like(x), torch.zeros_like(weight), torch.zeros_like(bias)
+        _library().norm_act_pool_backward(
+            x.data_ptr(), weight.data_ptr(), bias.data_ptr(), mean.data_ptr(), rstd.data_ptr(), grad.data_ptr(),
+            n, c, h, w, ctx.groups, ctx.slope, dx.data_ptr(), dweight.data_ptr(), dbias.data_ptr(),
+        )  # fmt: skip
+        return dx, dweight, dbias, None, None, None
+
+
+def norm_act_pool(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, eps: float, slope: float
+) -> torch.Tensor:
+    """``avg_pool2d(leaky_relu(group_norm(x, groups, weight, bias, eps), slope), 2, 2)`` (slope 0: ReLU).
+
+    Differentiable once (training; a second-order gradient raises). Only where :func:`supports`.
+    """
+    if x.shape[1] % groups:
+        raise ValueError(f"{x.shape[1]} channels do not split into {groups} groups")
+    out: torch.Tensor = _NormActPool.apply(x, weight, bias, groups, eps, slope)
+    return out
