@@ -302,7 +302,8 @@ def _add_evaluate(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("--backend", default="loky", choices=["loky", "dask"], help="joblib backend (default loky)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (default: a local cluster)")
     p.add_argument("--batch-seeds", default="auto", choices=["auto", "yes", "no"],
-                   help="train a candidate's seeds as one stacked network (auto: on a GPU only)")
+                   help="train a candidate's seeds as one stacked network (auto: on a GPU, and on a CPU for "
+                        "small avg-pooled nets with instance or group norm, whose stacked blocks fuse)")
     p.add_argument("--batch-candidates", default="auto", choices=["auto", "yes", "no"],
                    help="train candidates of equal depth, width and pooling (and their seeds) as one stacked "
                         "network (auto: on a GPU only)")

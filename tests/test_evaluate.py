@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from nas_proxy import fused
 from nas_proxy.data import Split, make_synthetic
 from nas_proxy.errors import NasProxyError
 from nas_proxy.evaluate import (
@@ -153,6 +154,33 @@ def test_batched_seeds_equal_one_by_one(data: tuple[Split, Split], specs: list[s
     pd.testing.assert_frame_equal(one[exact], many[exact])
     # Stacked training sums in another order: accuracies agree to a test image or so.
     assert (one["accuracy"] - many["accuracy"]).abs().max() <= 2 / len(test)
+
+
+@pytest.mark.skipif(not fused.available(), reason="no C compiler here: no fused kernel, so auto stays off on a CPU")
+def test_auto_on_a_cpu_batches_the_seeds_of_candidates_whose_blocks_fuse(
+    data: tuple[Split, Split], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proxy and early-stopping runs of an instance-norm, avg-pooled candidate train their seeds as
+    one stacked network; a max-pooled BatchNorm candidate and whole-data runs stay one by one."""
+    import nas_proxy.evaluate as evaluate_module
+
+    train, test = data
+    sources = _sources(train)
+    fusing, plain = "ConvNet-D2-W8-AR-IN-AP", "ConvNet-D2-W4-AS-BN-MP"
+    batched: list[tuple[str, tuple[int, ...]]] = []
+    real = evaluate_module.train_many
+
+    def spy(arch: str, tr: Split, te: Split, cfg: TrainConfig, seeds: list[int], **kw: Any) -> list[RunOutcome]:
+        batched.append((arch, tuple(seeds)))
+        return real(arch, tr, te, cfg, seeds, **kw)
+
+    monkeypatch.setattr(evaluate_module, "train_many", spy)
+    res = evaluate([fusing, plain], sources, test, out_dir=tmp_path / "auto", seeds=(0, 1), progress=False)
+    assert res.ok == 2 * 2 * len(sources)
+    assert batched == [(fusing, (0, 1))] * 2  # the proxy and early stopping, not the whole set
+    evaluate([fusing, plain], sources, test, out_dir=tmp_path / "one", seeds=(0, 1), progress=False, batch_seeds=False)
+    one, auto = _results(tmp_path / "one"), _results(tmp_path / "auto")
+    assert (one["accuracy"] - auto["accuracy"]).abs().max() <= 2 / len(test)
 
 
 def test_batched_seeds_fall_back_to_one_by_one_on_failure(
