@@ -85,11 +85,17 @@ def _library() -> Any:
         b"\0".join(s.encode() for s in (SOURCE.read_text(), compiler, " ".join(_FLAGS), _cpu_fingerprint()))
     ).hexdigest()[:16]
     target = _cache_dir() / f"norm_act_pool-{key}.so"
-    try:
-        if not target.exists() and not _compile(compiler, target):
-            return None
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError):
+    lib = None
+    for attempt in range(2):
+        try:
+            # A second attempt rebuilds a cached file that would not load.
+            if (attempt or not target.exists()) and not _compile(compiler, target):
+                return None
+            lib = ctypes.CDLL(str(target))
+            break
+        except (OSError, subprocess.SubprocessError):
+            continue
+    if lib is None:
         return None
     ptr, long_, float_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
     lib.norm_act_pool_forward.argtypes = [ptr] * 3 + [long_] * 5 + [float_] * 2 + [ptr] * 3

@@ -120,3 +120,19 @@ def test_the_kernel_is_built_once_into_the_cache(monkeypatch: pytest.MonkeyPatch
     fused._library.cache_clear()
     stamp = built[0].stat().st_mtime_ns
     assert fused.available() and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+
+@needs_kernel
+@pytest.mark.usefixtures("fresh_library")
+def test_a_cached_file_that_will_not_load_is_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NAS_PROXY_CACHE", str(tmp_path / "first"))
+    assert fused.available()
+    (built,) = (tmp_path / "first" / "kernels").glob("norm_act_pool-*.so")
+    # The same file name in another cache, broken (a path never loaded, so dlopen reads it).
+    broken = tmp_path / "second" / "kernels" / built.name
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a shared library")
+    fused._library.cache_clear()
+    monkeypatch.setenv("NAS_PROXY_CACHE", str(tmp_path / "second"))
+    assert fused.available()
+    assert broken.read_bytes()[:4] == b"\x7fELF"
