@@ -191,19 +191,26 @@ def whole_data(synthetic: bool, n: int, device: torch.device, seed: int = 0) -> 
     return full_train.random_subset(min(n, len(full_train)), seed=seed).to(device)
 
 
+def _candidates(args: argparse.Namespace) -> list[str]:
+    return [a for a in (args.candidates or "").split(",") if a]
+
+
 def cases(args: argparse.Namespace) -> list[Case]:
+    # --candidates: more architectures, each trained as the narrow case is ("never slower for any candidate")
     if args.quick:
         return [
             Case("narrow", args.narrow, 10, 20),
             Case("default", args.default, 4, 3),
             Case("wide", args.wide, 2, 2),
             Case("whole", args.default, 1, 1, min(args.whole_images, 10_000)),
+            *(Case("candidate", a, 10, 20) for a in _candidates(args)),
         ]
     return [
         Case("narrow", args.narrow, args.seeds, args.epochs),
         Case("default", args.default, args.seeds, args.epochs),
         Case("wide", args.wide, args.wide_seeds, args.wide_epochs),
         Case("whole", args.default, 1, args.whole_epochs, args.whole_images),
+        *(Case("candidate", a, args.seeds, args.epochs) for a in _candidates(args)),
     ]
 
 
@@ -237,7 +244,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=3,
         help="reference runs of seed 0 from initial weights moved by 1e-7 relative (the float floor of a chaotic run)",
     )
-    p.add_argument("--only", default=None, help="comma-separated labels to run (narrow,default,wide,whole)")
+    p.add_argument(
+        "--candidates",
+        default=None,
+        metavar="ID,...",
+        help="more architectures, each trained as the narrow case (label 'candidate'; e.g. --only candidate)",
+    )
+    p.add_argument("--only", default=None, help="comma-separated labels to run (narrow,default,wide,whole,candidate)")
     args = p.parse_args(argv)
     counts = ("seeds", "epochs", "wide_seeds", "wide_epochs", "whole_images", "whole_epochs", "test_images", "repeats")
     for name in counts:
@@ -247,7 +260,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--perturbations must be 0 or more, got {args.perturbations}")
     if args.reference_threads is not None and args.reference_threads < 1:
         p.error(f"--reference-threads must be a positive integer, got {args.reference_threads}")
-    labels = ("narrow", "default", "wide", "whole")
+    labels = ("narrow", "default", "wide", "whole", "candidate")
     unknown = sorted(set(args.only.split(",")) - set(labels)) if args.only else []
     if unknown:
         p.error(f"--only: unknown case {', '.join(unknown)}; valid: {', '.join(labels)}")
@@ -264,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    for arch in (args.narrow, args.default, args.wide):
+    for arch in (args.narrow, args.default, args.wide, *_candidates(args)):
         ArchSpec.from_id(arch)  # a bad id fails before any data is loaded
     device = resolve_device(args.device)
     proxy, test, data_text = proxy_data(args.synthetic, args.test_images, device)
