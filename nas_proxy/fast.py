@@ -37,6 +37,7 @@ kernel; benchmarks/train_batched.py). Test accuracies stay within a few tenths o
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -116,11 +117,17 @@ COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune")
 # ----------------------------------------------------------------------------- the stacked network
 
 
-_ACT_FNS: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
-    nn.ReLU: F.relu,
-    nn.LeakyReLU: lambda x: F.leaky_relu(x, 0.01),
-    nn.Sigmoid: torch.sigmoid,
-}
+def _activation(m: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], float | None] | None:
+    """An activation module's function and negative slope (None for sigmoid: such a block cannot
+    run as the fused norm -> (leaky) ReLU -> pooling kernel); None if ``m`` is no activation."""
+    if isinstance(m, nn.ReLU):
+        return F.relu, 0.0
+    if isinstance(m, nn.LeakyReLU):
+        slope = float(m.negative_slope)
+        return functools.partial(F.leaky_relu, negative_slope=slope), slope
+    if isinstance(m, nn.Sigmoid):
+        return torch.sigmoid, None
+    return None
 
 
 @dataclass
@@ -188,10 +195,9 @@ def _layer_of(mods: Sequence[nn.Module]) -> _Layer:
             _affine(mods, _stack),
             {"shape": tuple(first.normalized_shape), "eps": first.eps},
         )
-    if type(first) in _ACT_FNS:
-        # slope: what the fused kernel needs of a (leaky) ReLU; None where it cannot fuse
-        slope = 0.0 if isinstance(first, nn.ReLU) else getattr(first, "negative_slope", None)
-        return _Layer("act", {}, {"fn": _ACT_FNS[type(first)], "slope": slope})
+    act = _activation(first)
+    if act is not None:
+        return _Layer("act", {}, {"fn": act[0], "slope": act[1]})
     if isinstance(first, nn.MaxPool2d | nn.AvgPool2d):
         return _Layer("maxpool" if isinstance(first, nn.MaxPool2d) else "avgpool", {}, {})
     if isinstance(first, nn.Identity):

@@ -13,13 +13,16 @@ from nas_proxy import fused
 from nas_proxy.data import Split, make_synthetic
 from nas_proxy.errors import NasProxyError, UnknownNameError
 from nas_proxy.fast import (
+    STACKED_STEP_MAX_FLOPS,
     STRATEGIES,
     FastOptions,
     Plan,
+    StackedConvNets,
     avg_pool_2x2,
     choose_plan,
     group_key,
     stacked_accuracy,
+    stacks_fused,
     step_memory,
     train_and_evaluate_fast,
     train_candidates,
@@ -27,7 +30,7 @@ from nas_proxy.fast import (
     train_model_fast,
     train_stacked,
 )
-from nas_proxy.models import build_model
+from nas_proxy.models import build_model, count_flops
 from nas_proxy.space import ArchSpec, load_space
 from nas_proxy.train import RunOutcome, TrainConfig, train_and_evaluate, train_model
 
@@ -112,6 +115,17 @@ def test_stacked_norm_blocks_run_fused_and_one_model_keeps_pytorchs_kernels(
     widths.clear()
     train_stacked([build_model(arch, seed=0)], train, FULL_BATCH, [0])
     assert widths == []
+
+
+@pytest.mark.skipif(not fused.available(), reason="no C compiler here: PyTorch's kernels serve")
+def test_stacks_fused_predicts_which_stacks_have_fusable_blocks() -> None:
+    """The evaluator's rule (from the spec) agrees with the stacked network's (from its layers)."""
+    for spec in load_space("convnet720-narrow"):
+        net = StackedConvNets([build_model(spec, seed=s) for s in (0, 1)])
+        if stacks_fused(spec):
+            assert len(net.fusable_rows) == spec.depth, spec.id
+        else:
+            assert not net.fusable_rows or count_flops(spec) > STACKED_STEP_MAX_FLOPS, spec.id
 
 
 @pytest.mark.parametrize("arch", ["ConvNet-D2-W8-AR-IN-AP", "ConvNet-D2-W4-AS-BN-MP"])
