@@ -265,7 +265,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     res = run_evaluation(
         space=args.space, dataset=args.dataset, proxies=args.proxy or [], full=args.full,
         early_stopping=args.early_stopping, sample=args.sample, sample_seed=args.seed, pattern=args.filter,
-        epochs=args.epochs, full_epochs=args.full_epochs, seeds=args.seeds, out_dir=args.out, n_jobs=args.n_jobs,
+        epochs=args.epochs, full_epochs=args.full_epochs, curve=args.curve, full_curve=args.full_curve,
+        seeds=args.seeds, out_dir=args.out, n_jobs=args.n_jobs,
         backend=args.backend, scheduler=args.scheduler, rankers=args.rankers or (), ground_truth=args.ground_truth,
         data_root=args.data_root, device=args.device, progress=_bar(args),
         batch_seeds={"auto": None, "yes": True, "no": False}[args.batch_seeds],
@@ -296,6 +297,10 @@ def _add_evaluate(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("--filter", default=None, metavar="GLOB", help="shell glob on ids, e.g. 'ConvNet-D3-*'")
     p.add_argument("--epochs", type=int, default=100, help="epochs on a proxy (default 100, as the paper)")
     p.add_argument("--full-epochs", type=int, default=None, metavar="E", help="whole-data epochs (default: --epochs)")
+    p.add_argument("--curve", default="", metavar="POINTS",
+                   help="learning-curve points of proxy runs: epochs '10,25,50', 'ladder', 'every', steps '100s'")
+    p.add_argument("--full-curve", default="", metavar="POINTS",
+                   help="the same for whole-data runs, e.g. 'every,100s,500s,2000s' (early stopping read off it)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S", help="training seeds (default 0)")
     p.add_argument("--out", default="results/runs/latest", metavar="DIR", help="run directory (default %(default)s)")
     p.add_argument("--n-jobs", type=int, default=1, metavar="N", help="workers, one torch thread each (-1: all cores)")

@@ -20,7 +20,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from nas_proxy.microbatch import keep_freed_memory
 from nas_proxy.proxies.artifact import ProxySet
 from nas_proxy.space import ArchSpec
 from nas_proxy.store import STORE_FORMAT, ResultsStore, RunRow, ScoreRow, now_iso
-from nas_proxy.train import RunOutcome, TrainConfig, train_and_evaluate
+from nas_proxy.train import RunOutcome, TrainConfig, parse_curve, train_and_evaluate
 
 BACKENDS: tuple[str, ...] = ("loky", "dask")
 SOURCE_KINDS: tuple[str, ...] = ("proxy", "early", "full")
@@ -75,7 +75,7 @@ class TrainingSource:
             "train_images": len(self.split),
             "images": self.images or len(self.split),
             "bytes": self.bytes or _split_bytes(self.split),
-            "config": asdict(self.config),
+            "config": self.config.fields(),
             "config_hash": self.config.hash,
             **self.meta,
         }
@@ -134,7 +134,7 @@ def early_stopping_sources(
             f"early-{steps}steps",
             "early",
             train,
-            replace(config, max_steps=steps),
+            replace(config.without_curve(), max_steps=steps),
             label=f"early stopping ({steps} steps)",
             images=len(train),
             bytes=_split_bytes(train),
@@ -236,6 +236,7 @@ def _row(job: _Job, out: RunOutcome | BaseException, started: str) -> RunRow:
         job.dataset,
         started,
         now_iso(),
+        () if isinstance(out, BaseException) else out.curve,
     )
 
 
@@ -310,13 +311,18 @@ def protocol_of(sources: Sequence[TrainingSource], test: Split) -> dict[str, Any
     from nas_proxy import __version__
 
     configs: dict[str, Any] = {}
-    for s in sources:
+    trained: dict[str, str] = {}  # kind -> hash of its training without the curve
+    # Early stopping is the whole-data training cut short (and records no curve of its own).
+    for s in sorted(sources, key=lambda s: s.kind == "early"):
         base = replace(s.config, max_steps=None) if s.kind == "early" else s.config
         kind = "full" if s.kind == "early" else s.kind
-        entry = {**asdict(base), "hash": base.hash}
-        if kind in configs and configs[kind]["hash"] != entry["hash"]:
+        same = base.without_curve().hash
+        if kind in trained and trained[kind] != same:
             raise NasProxyError(f"all {kind} sources must share one training config; {s.id} differs")
-        configs[kind] = entry
+        if kind in configs and s.kind != "early" and configs[kind]["hash"] != base.hash:
+            raise NasProxyError(f"all {kind} sources must record one learning curve; {s.id} differs")
+        trained[kind] = same
+        configs.setdefault(kind, {**base.fields(), "hash": base.hash})
     return {
         "format": STORE_FORMAT,
         "dataset": test.dataset,
@@ -573,7 +579,7 @@ def evaluate(
     protocol = _merged_protocol(store, sources, test, extra)
     if ground_truth is not None:
         old_full = protocol.get("configs", {}).get("full")
-        gt_cfg = {**asdict(ground_truth.config), "hash": ground_truth.config.hash}
+        gt_cfg = {**ground_truth.config.fields(), "hash": ground_truth.config.hash}
         if old_full is not None and old_full["hash"] != gt_cfg["hash"]:
             raise NasProxyError(
                 f"{store.root} trained whole-data runs under another config than the ground truth "
@@ -762,6 +768,8 @@ def run_evaluation(
     pattern: str | None = None,
     epochs: int = 100,
     full_epochs: int | None = None,
+    curve: str = "",
+    full_curve: str = "",
     seeds: Sequence[int] = (0,),
     out_dir: str | Path,
     n_jobs: int = 1,
@@ -780,7 +788,9 @@ def run_evaluation(
 
     Every check runs before training starts and before the store is written: an unknown space,
     a missing or foreign proxy file, a bad option or a store made under another protocol raise
-    :class:`NasProxyError` and leave ``out_dir`` as it was.
+    :class:`NasProxyError` and leave ``out_dir`` as it was. ``curve`` / ``full_curve``: the
+    learning-curve points of proxy / whole-data runs (:func:`nas_proxy.train.parse_curve`, e.g.
+    ``"10,25,50,100"`` or ``"every,100s,500s"``).
     """
     from nas_proxy.data import DATASETS, load_dataset
     from nas_proxy.groundtruth import load_ground_truth
@@ -811,13 +821,18 @@ def run_evaluation(
     gt = load_ground_truth(ground_truth) if ground_truth is not None else None
     if gt is not None and wanted is not None and gt.dataset != wanted:
         raise NasProxyError(f"{gt.path} is for dataset {gt.dataset!r}, not --dataset {wanted!r}")
-    proxy_cfg = TrainConfig(epochs=epochs)
+    proxy_points = parse_curve(curve, epochs)
+    proxy_cfg = TrainConfig(epochs=epochs, curve=proxy_points[0], curve_steps=proxy_points[1])
     if gt is not None:
         if full_epochs is not None and full_epochs != gt.config.epochs:
             raise NasProxyError(f"--full-epochs {full_epochs} disagrees with {gt.path} ({gt.config.epochs} epochs)")
+        if full_curve:
+            raise NasProxyError("--full-curve applies to whole-data runs trained here, not to a --ground-truth file")
         full_cfg = gt.config
     else:
-        full_cfg = TrainConfig(epochs=full_epochs if full_epochs is not None else epochs)
+        e_full = full_epochs if full_epochs is not None else epochs
+        full_points = parse_curve(full_curve, e_full)
+        full_cfg = TrainConfig(epochs=e_full, curve=full_points[0], curve_steps=full_points[1])
 
     train, test = load_dataset(dataset, root=data_root, device=device)
     sources = [proxy_source(p, proxy_cfg, path=path) for p, path in loaded]

@@ -38,6 +38,7 @@ kernel; benchmarks/train_batched.py). Test accuracies stay within a few tenths o
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +60,7 @@ from nas_proxy.train import (
     RunOutcome,
     TrainConfig,
     TrainStats,
+    curve_point,
     eval_batch_size,
     train_and_evaluate,
     train_model,
@@ -477,14 +479,16 @@ def train_stacked(
     *,
     options: FastOptions | None = None,
     on_epoch: Callable[[int, StackedConvNets], None] | None = None,
+    on_record: Callable[[int, StackedConvNets, list[float]], None] | None = None,
 ) -> tuple[StackedConvNets, list[TrainStats]]:
     """Train ``models`` (one :func:`group_key`, on ``train``'s device) in place as one stacked network.
 
     ``train_model(models[i], train, config, seeds[i])`` for every i, to float tolerance (one model
     on a CPU: bit for bit): the same batch order (each seed's own ``randperm``), learning-rate
     schedule and divergence rule. ``on_epoch(epoch, net)`` runs after every epoch (and may raise,
-    as an Optuna pruner does). Returns the stacked network (for :func:`stacked_accuracy`) and
-    each model's stats.
+    as an Optuna pruner does). ``on_record(step, net, losses)`` runs after each of
+    ``config.record_steps`` (learning-curve points) with each model's mean training loss since the
+    previous point. Returns the stacked network (for :func:`stacked_accuracy`) and each model's stats.
     """
     options = options or FastOptions()
     if len(models) != len(seeds):
@@ -517,6 +521,8 @@ def train_stacked(
     last = torch.zeros(r, device=device)
     # A CPU loses nothing by looking at the loss once an epoch; a GPU looks only when asked to.
     check_each_epoch = on_epoch is not None or device.type == "cpu"
+    points = set(config.record_steps(n)) if on_record is not None else set()
+    since, since_steps = torch.zeros(r, device=device), 0
     step, epoch = 0, 0
     while step < total:
         orders = [torch.randperm(n, generator=g) for g in gens]
@@ -554,6 +560,12 @@ def train_stacked(
             last = losses
             epoch_loss += last
             step += 1
+            if points:
+                since += losses
+                since_steps += 1
+                if step in points:
+                    on_record(step, net, (since / since_steps).tolist())  # type: ignore[misc]
+                    since, since_steps = torch.zeros(r, device=device), 0
             if step >= total:
                 break
         newly = (stopped_at < 0) & ~torch.isfinite(epoch_loss)
@@ -588,14 +600,27 @@ def _train_chunk(
         build_model(spec, train.in_channels, train.image_size, train.num_classes, seed=s).to(train.device)
         for spec, s in zip(specs, seeds, strict=True)
     ]
-    net, stats = train_stacked(models, train, config, seeds, options=options)
+    curves: list[list[dict[str, Any]]] = [[] for _ in models]
+    per_epoch, spent = math.ceil(len(train) / config.batch_size), 0.0
+
+    def record(step: int, net: StackedConvNets, losses: list[float]) -> None:
+        nonlocal spent
+        begin = time.perf_counter()
+        accs = stacked_accuracy(net, test)
+        for curve, acc, loss in zip(curves, accs, losses, strict=True):
+            curve.append(curve_point(step, per_epoch, acc if math.isfinite(loss) else math.nan, loss))
+        spent += time.perf_counter() - begin
+
+    wanted = bool(config.curve or config.curve_steps)
+    net, stats = train_stacked(models, train, config, seeds, options=options, on_record=record if wanted else None)
     accs = stacked_accuracy(net, test)
-    seconds = (time.perf_counter() - start) / len(models)  # the runs overlap: each gets an even share
+    # The runs overlap: each gets an even share (the curve's test passes left out, as train_and_evaluate does).
+    seconds = (time.perf_counter() - start - spent) / len(models)
     return [
-        RunOutcome(float("nan"), seconds, st.steps, count_params(m), "diverged")
+        RunOutcome(float("nan"), seconds, st.steps, count_params(m), "diverged", tuple(c))
         if st.diverged
-        else RunOutcome(acc, seconds, st.steps, count_params(m), "ok")
-        for m, acc, st in zip(models, accs, stats, strict=True)
+        else RunOutcome(acc, seconds, st.steps, count_params(m), "ok", tuple(c))
+        for m, acc, st, c in zip(models, accs, stats, curves, strict=True)
     ]
 
 

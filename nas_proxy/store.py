@@ -54,7 +54,9 @@ class RunRow:
 
     ``accuracy`` is test accuracy in [0, 1] (NaN unless ``status == "ok"``); ``seconds`` is time
     spent training (the paper's time cost), ``started_at``/``finished_at`` bracket the whole task
-    (build, train, test) and give wall time.
+    (build, train, test) and give wall time. ``curve`` is the run's learning curve when its config
+    asked for one: points ``{"step", "epoch", "accuracy", "loss"}`` (None where the run had
+    diverged); rows written before curves existed have none.
     """
 
     arch_id: str
@@ -70,10 +72,12 @@ class RunRow:
     dataset: str = ""
     started_at: str = ""
     finished_at: str = ""
+    curve: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise NasProxyError(f"run status must be one of {', '.join(STATUSES)}, got {self.status!r}")
+        object.__setattr__(self, "curve", tuple(dict(p) for p in self.curve))
 
     @property
     def key(self) -> RunKey:
@@ -84,6 +88,10 @@ class RunRow:
         # JSON has no NaN: a missing accuracy is null.
         if isinstance(self.accuracy, float) and math.isnan(self.accuracy):
             data["accuracy"] = None
+        if not self.curve:
+            del data["curve"]  # rows without a curve stay as they were written before curves existed
+        else:
+            data["curve"] = [dict(p) for p in self.curve]
         return json.dumps(data, sort_keys=False, allow_nan=False)
 
     @classmethod
@@ -96,6 +104,10 @@ class RunRow:
         kept["steps"] = int(kept.get("steps", 0))
         kept["params"] = int(kept.get("params", 0))
         kept["seconds"] = float(kept.get("seconds", 0.0))
+        curve = kept.get("curve") or ()
+        if not isinstance(curve, list | tuple) or not all(isinstance(p, dict) and "step" in p for p in curve):
+            raise ValueError("curve must be a list of points with a step")
+        kept["curve"] = tuple(curve)
         return cls(**kept)
 
 

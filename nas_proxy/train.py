@@ -11,7 +11,8 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,10 +23,18 @@ from nas_proxy.microbatch import cross_entropy_backward, training_micro_batch
 from nas_proxy.models import build_model, count_params
 from nas_proxy.space import ArchSpec
 
+# The keys a learning-curve point carries in a stored row (``nas_proxy.store.RunRow.curve``).
+CURVE_KEYS: tuple[str, ...] = ("step", "epoch", "accuracy", "loss")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of one training run; ``max_steps`` caps SGD steps (early stopping)."""
+    """Hyperparameters of one training run; ``max_steps`` caps SGD steps (early stopping).
+
+    ``curve`` (epochs) and ``curve_steps`` (SGD steps) name the points of the run at which test
+    accuracy and training loss are recorded on the way (a learning curve): one run gives every
+    fidelity of a multi-fidelity table. Recording changes nothing in the training itself.
+    """
 
     epochs: int = 300
     batch_size: int = 256
@@ -34,8 +43,16 @@ class TrainConfig:
     weight_decay: float = 5e-4
     decay_at: float = 0.5
     max_steps: int | None = None
+    curve: tuple[int, ...] = field(default=())
+    curve_steps: tuple[int, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        # JSON gives lists back: keep the fields hashable tuples, sorted and unique.
+        for name in ("curve", "curve_steps"):
+            points = tuple(sorted({int(v) for v in getattr(self, name)}))
+            if points and points[0] < 1:
+                raise NasProxyError(f"{name} points must be at least 1, got {points[0]}")
+            object.__setattr__(self, name, points)
         if self.epochs < 1:
             raise NasProxyError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -55,11 +72,76 @@ class TrainConfig:
         boundary = int(total * self.decay_at)
         return self.lr * 0.1 if 0 < boundary <= step else self.lr
 
+    def record_steps(self, n: int) -> list[int]:
+        """The steps (1-based, at most the run's total) after which a curve point is recorded."""
+        per_epoch, total = math.ceil(n / self.batch_size), self.total_steps(n)
+        points = {e * per_epoch for e in self.curve} | set(self.curve_steps)
+        return sorted(p for p in points if p <= total)
+
+    def without_curve(self) -> TrainConfig:
+        """The same training with nothing recorded on the way (the runs are the same runs)."""
+        return TrainConfig(**{**self.fields(), "curve": (), "curve_steps": ()})
+
+    def fields(self) -> dict[str, Any]:
+        """The settings as plain JSON values (what the protocol file stores)."""
+        data = asdict(self)
+        for name in ("curve", "curve_steps"):
+            data[name] = list(data[name])
+        return data
+
     @property
     def hash(self) -> str:
-        """Short content hash: results trained under another protocol never mix."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        """Short content hash: results trained under another protocol never mix.
+
+        Empty curve fields are left out, so a config without a curve keeps the hash it had before
+        curves existed (old stores resume); with one, rows carry curves and get their own key.
+        """
+        data = self.fields()
+        for name in ("curve", "curve_steps"):
+            if not data[name]:
+                del data[name]
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def parse_curve(text: str, epochs: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``"1,2,4,8"``, ``"ladder"`` (1, 2, 4, ..., epochs), ``"every"`` or ``"100s,500s"`` (steps) -> (epochs, steps).
+
+    Items combine: ``"ladder,100s,500s"``. An empty text records nothing.
+    """
+    ep: set[int] = set()
+    st: set[int] = set()
+    for raw in text.split(","):
+        item = raw.strip().lower()
+        if not item or item == "none":
+            continue
+        if item == "every":
+            ep.update(range(1, epochs + 1))
+        elif item == "ladder":
+            ep.update(ladder(epochs))
+        else:
+            try:
+                value = int(item[:-1]) if item.endswith("s") else int(item)
+            except ValueError:
+                raise NasProxyError(
+                    f"bad curve point {raw.strip()!r}; valid: epochs (4), steps (100s), 'ladder', 'every'"
+                ) from None
+            if value < 1:
+                raise NasProxyError(f"curve points must be at least 1, got {raw.strip()!r}")
+            (st if item.endswith("s") else ep).add(value)
+    late = sorted(e for e in ep if e > epochs)
+    if late:
+        raise NasProxyError(f"curve epoch {late[0]} is past the run's {epochs} epochs")
+    return tuple(sorted(ep)), tuple(sorted(st))
+
+
+def ladder(epochs: int) -> list[int]:
+    """1, 2, 4, 8, ... up to ``epochs``, and ``epochs`` itself."""
+    out, e = [], 1
+    while e < epochs:
+        out.append(e)
+        e *= 2
+    return [*out, epochs]
 
 
 @dataclass(frozen=True)
@@ -71,6 +153,8 @@ class TrainStats:
 
 
 EpochCallback = Callable[[int, nn.Module], None]
+# (step, model, mean training loss since the previous point): a learning-curve point is due.
+RecordCallback = Callable[[int, nn.Module, float], None]
 
 
 def train_model(
@@ -80,6 +164,7 @@ def train_model(
     seed: int,
     *,
     on_epoch: EpochCallback | None = None,
+    on_record: RecordCallback | None = None,
 ) -> TrainStats:
     """Train ``model`` in place on ``train`` (already on the model's device).
 
@@ -89,11 +174,15 @@ def train_model(
 
     Stops early and reports ``diverged`` when the loss turns non-finite. The finiteness check
     runs once an epoch so a GPU never waits on the host inside the loop. ``on_epoch(epoch,
-    model)`` may raise (an Optuna pruner does) to stop the run.
+    model)`` may raise (an Optuna pruner does) to stop the run. ``on_record(step, model, loss)``
+    runs after each of ``config.record_steps`` (the learning curve's points) with the mean
+    training loss since the previous point; it must leave the model as it found it.
     """
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     n = len(train)
     total = config.total_steps(n)
+    points = set(config.record_steps(n)) if on_record is not None else set()
+    since, since_steps = torch.zeros((), device=train.device), 0
     g = torch.Generator().manual_seed(seed)  # batch order: CPU generator, same on every device
     start = time.perf_counter()
     step, epoch, last = 0, 0, torch.zeros((), device=train.device)
@@ -113,6 +202,12 @@ def train_model(
             epoch_loss += loss
             last = loss
             step += 1
+            if points:
+                since += loss.detach()
+                since_steps += 1
+                if step in points:
+                    on_record(step, model, float(since) / since_steps)  # type: ignore[misc]
+                    since, since_steps = torch.zeros((), device=train.device), 0
             if step >= total:
                 break
         epoch += 1
@@ -176,6 +271,29 @@ class RunOutcome:
     steps: int
     params: int
     status: str  # "ok" | "diverged"
+    curve: tuple[dict[str, Any], ...] = ()  # learning-curve points, keys CURVE_KEYS
+
+
+def curve_point(step: int, per_epoch: int, accuracy: float, loss: float) -> dict[str, Any]:
+    """One learning-curve point; a non-finite accuracy or loss (divergence) is None."""
+    return {
+        "step": int(step),
+        "epoch": round(step / per_epoch, 4),
+        "accuracy": float(accuracy) if math.isfinite(accuracy) else None,
+        "loss": round(float(loss), 6) if math.isfinite(loss) else None,
+    }
+
+
+def curve_recorder(test: Split, n: int, config: TrainConfig) -> tuple[list[dict[str, Any]], RecordCallback]:
+    """A list that fills with curve points, and the ``on_record`` callback that fills it."""
+    points: list[dict[str, Any]] = []
+    per_epoch = math.ceil(n / config.batch_size)
+
+    def record(step: int, model: nn.Module, loss: float) -> None:
+        acc = accuracy(model, test) if math.isfinite(loss) else math.nan
+        points.append(curve_point(step, per_epoch, acc, loss))
+
+    return points, record
 
 
 def train_and_evaluate(
@@ -187,9 +305,34 @@ def train_and_evaluate(
     *,
     on_epoch: EpochCallback | None = None,
 ) -> RunOutcome:
-    """Build a fresh net (weights from ``seed``), train it, and return its test accuracy."""
+    """Build a fresh net (weights from ``seed``), train it, and return its test accuracy.
+
+    With curve points in ``config``, the outcome carries the learning curve; ``seconds`` is the
+    training time without the curve's test passes.
+    """
     model = build_model(spec, train.in_channels, train.image_size, train.num_classes, seed=seed).to(train.device)
-    stats = train_model(model, train, config, seed, on_epoch=on_epoch)
+    curve, record = curve_recorder(test, len(train), config)
+    timed = _timed(record)
+    recorder = timed if curve_wanted(config) else None
+    stats = train_model(model, train, config, seed, on_epoch=on_epoch, on_record=recorder)
+    seconds = stats.seconds - timed.spent
+    out = RunOutcome(float("nan"), seconds, stats.steps, count_params(model), "diverged", tuple(curve))
     if stats.diverged:
-        return RunOutcome(float("nan"), stats.seconds, stats.steps, count_params(model), "diverged")
-    return RunOutcome(accuracy(model, test), stats.seconds, stats.steps, count_params(model), "ok")
+        return out
+    return RunOutcome(accuracy(model, test), seconds, stats.steps, out.params, "ok", tuple(curve))
+
+
+def curve_wanted(config: TrainConfig) -> bool:
+    return bool(config.curve or config.curve_steps)
+
+
+class _timed:
+    """Wraps a record callback and sums the seconds it takes (kept out of the run's training time)."""
+
+    def __init__(self, fn: Callable[..., None]) -> None:
+        self.fn, self.spent = fn, 0.0
+
+    def __call__(self, *args: Any) -> None:
+        start = time.perf_counter()
+        self.fn(*args)
+        self.spent += time.perf_counter() - start
