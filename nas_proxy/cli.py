@@ -266,7 +266,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         space=args.space, dataset=args.dataset, proxies=args.proxy or [], full=args.full,
         early_stopping=args.early_stopping, sample=args.sample, sample_seed=args.seed, pattern=args.filter,
         epochs=args.epochs, full_epochs=args.full_epochs, curve=args.curve, full_curve=args.full_curve,
-        seeds=args.seeds, out_dir=args.out, n_jobs=args.n_jobs,
+        fidelity=args.fidelity, seeds=args.seeds, out_dir=args.out, n_jobs=args.n_jobs,
         backend=args.backend, scheduler=args.scheduler, rankers=args.rankers or (), ground_truth=args.ground_truth,
         data_root=args.data_root, device=args.device, progress=_bar(args),
         batch_seeds={"auto": None, "yes": True, "no": False}[args.batch_seeds],
@@ -301,6 +301,8 @@ def _add_evaluate(sub: argparse._SubParsersAction[OneLineParser]) -> None:
                    help="learning-curve points of proxy runs: epochs '10,25,50', 'ladder', 'every', steps '100s'")
     p.add_argument("--full-curve", default="", metavar="POINTS",
                    help="the same for whole-data runs, e.g. 'every,100s,500s,2000s' (early stopping read off it)")
+    p.add_argument("--fidelity", type=int, default=None, metavar="E",
+                   help="judge against whole-data accuracy after E epochs (a recorded curve point)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S", help="training seeds (default 0)")
     p.add_argument("--out", default="results/runs/latest", metavar="DIR", help="run directory (default %(default)s)")
     p.add_argument("--n-jobs", type=int, default=1, metavar="N", help="workers, one torch thread each (-1: all cores)")
@@ -341,7 +343,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from nas_proxy.metrics import DEFAULT_TOPK
     from nas_proxy.report import build_report, write_report
 
-    report = build_report(args.dir, topk=args.topk or DEFAULT_TOPK, n_boot=args.bootstrap, seed=args.seed)
+    if args.min_topk < 1:
+        raise NasProxyError(f"--min-topk must be at least 1, got {args.min_topk}")
+    report = build_report(
+        args.dir, topk=args.topk or DEFAULT_TOPK, n_boot=args.bootstrap, seed=args.seed,
+        fidelity=args.fidelity, min_topk=args.min_topk,
+    )
     paths = write_report(report, args.out, figures=not args.no_figures)
     print(report.markdown())
     print(f"written:  {paths[0].parent} ({', '.join(p.name for p in paths)})", file=sys.stderr)
@@ -352,7 +359,12 @@ def _add_report(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p = sub.add_parser("report", help="the paper-style table (markdown, CSV) and figures from a run directory")
     p.add_argument("dir", metavar="DIR", help="run directory")
     p.add_argument("--out", default=None, metavar="DIR", help="where to write (default DIR/report)")
-    p.add_argument("--topk", nargs="+", default=None, metavar="K", help="top-k sets: all 10 30 5%% 10%% (default)")
+    p.add_argument("--topk", nargs="+", default=None, metavar="K",
+                   help="top-k sets: all 50%% 10 30 5%% 10%% (default)")
+    p.add_argument("--min-topk", type=int, default=10, metavar="K",
+                   help="smallest top-k over which a correlation is shown (default 10; below: n/a, overlap only)")
+    p.add_argument("--fidelity", type=int, default=None, metavar="E",
+                   help="judge against whole-data accuracy after E epochs (a recorded curve point)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
@@ -362,7 +374,7 @@ def _add_report(sub: argparse._SubParsersAction[OneLineParser]) -> None:
 def _cmd_ground_truth(args: argparse.Namespace) -> int:
     from nas_proxy.groundtruth import export_ground_truth, sidecar_path
 
-    path = export_ground_truth(args.dir, args.out)
+    path = export_ground_truth(args.dir, args.out, fidelity=args.fidelity)
     print(f"csv:      {path}")
     print(f"protocol: {sidecar_path(path)}")
     return 0
@@ -373,6 +385,8 @@ def _add_ground_truth(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("dir", metavar="DIR", help="run directory with whole-data (--full) runs")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="default results/groundtruth/<dataset>-<space>-e<epochs>.csv")
+    p.add_argument("--fidelity", type=int, default=None, metavar="E",
+                   help="export only this fidelity (epochs) beside the final accuracy (default: every one recorded)")
     p.set_defaults(func=_cmd_ground_truth)
 
 

@@ -543,6 +543,7 @@ def evaluate(
     batch_seeds: bool | None = None,
     batch_candidates: bool | None = None,
     fast_options: FastOptions | None = None,
+    truth_fidelity: int | None = None,
 ) -> EvaluationResult:
     """Train each candidate on each source with each seed, skipping runs already stored in ``out_dir``.
 
@@ -563,7 +564,8 @@ def evaluate(
     proxies and early stopping (whole-data runs stay one by one); None = on a GPU only (on a CPU
     it measured 0.3-0.6x). The rows of a group are stored when the group finishes.
     ``fast_options``: speed switches of those stacked runs (:class:`nas_proxy.fast.FastOptions`,
-    e.g. channels_last or bf16 on a GPU; recorded in the store's invocation).
+    e.g. channels_last or bf16 on a GPU; recorded in the store's invocation). ``truth_fidelity``:
+    the whole-data epoch the report judges against by default (read off the learning curves).
     """
     ids = _validate(specs, sources, test, seeds, n_jobs, backend)
     dev = str(resolve_device(device))
@@ -604,6 +606,8 @@ def evaluate(
     protocol.setdefault("invocations", []).append(invocation)
     if space is not None:
         protocol["space"] = space
+    if truth_fidelity is not None:
+        protocol["truth_fidelity"] = truth_fidelity
     store.write_protocol(protocol)
 
     done = store.done_keys()
@@ -770,6 +774,7 @@ def run_evaluation(
     full_epochs: int | None = None,
     curve: str = "",
     full_curve: str = "",
+    fidelity: int | None = None,
     seeds: Sequence[int] = (0,),
     out_dir: str | Path,
     n_jobs: int = 1,
@@ -790,7 +795,8 @@ def run_evaluation(
     a missing or foreign proxy file, a bad option or a store made under another protocol raise
     :class:`NasProxyError` and leave ``out_dir`` as it was. ``curve`` / ``full_curve``: the
     learning-curve points of proxy / whole-data runs (:func:`nas_proxy.train.parse_curve`, e.g.
-    ``"10,25,50,100"`` or ``"every,100s,500s"``).
+    ``"10,25,50,100"`` or ``"every,100s,500s"``). ``fidelity``: judge against whole-data
+    accuracy after this many epochs (a recorded curve point; stored for ``report``).
     """
     from nas_proxy.data import DATASETS, load_dataset
     from nas_proxy.groundtruth import load_ground_truth
@@ -833,6 +839,14 @@ def run_evaluation(
         e_full = full_epochs if full_epochs is not None else epochs
         full_points = parse_curve(full_curve, e_full)
         full_cfg = TrainConfig(epochs=e_full, curve=full_points[0], curve_steps=full_points[1])
+    if fidelity is not None:
+        if gt is not None:
+            gt.fidelity_column(fidelity)  # raises listing the file's fidelities
+        elif fidelity != full_cfg.epochs and fidelity not in full_cfg.curve:
+            raise NasProxyError(
+                f"--fidelity {fidelity} is not recorded: whole-data runs record epochs "
+                f"{', '.join(map(str, sorted({*full_cfg.curve, full_cfg.epochs})))} (see --full-curve)"
+            )
 
     train, test = load_dataset(dataset, root=data_root, device=device)
     sources = [proxy_source(p, proxy_cfg, path=path) for p, path in loaded]
@@ -863,4 +877,5 @@ def run_evaluation(
         batch_seeds=batch_seeds,
         batch_candidates=batch_candidates,
         fast_options=fast_options,
+        truth_fidelity=fidelity,
     )

@@ -4,13 +4,16 @@ Training every candidate on the whole data is the expensive part of an evaluatio
 8,604 GPU-minutes for 720 candidates), so its table is exported once and reused:
 
     <name>.csv    one row per whole-data run: arch_id, seed, status, accuracy, seconds, steps,
-                  params, reason, started_at, finished_at
+                  params, reason, started_at, finished_at, and one column per recorded fidelity
+                  of the run's learning curve: accuracy_e<E> (after epoch E), accuracy_s<N>
+                  (after N SGD steps), empty where the run had diverged
     <name>.json   the protocol: dataset, space, TrainConfig (and its hash), seeds, candidates,
-                  train/test sizes, package version, machine, and the CSV's SHA-256
+                  train/test sizes, the fidelity columns, package version, machine, and the CSV's SHA-256
 
 The default name is ``<dataset>-<space>-e<epochs>``. ``nas-proxy evaluate --ground-truth FILE``
-copies the rows into a new run's store instead of retraining; the protocol must agree (same
-dataset and test set) and the file must hold every selected candidate.
+copies the rows (with their learning curves) into a new run's store instead of retraining; the
+protocol must agree (same dataset and test set) and the file must hold every selected candidate.
+Files written before curves existed have no fidelity columns and still load.
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ import hashlib
 import json
 import math
 import platform
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from nas_proxy.errors import NasProxyError
+from nas_proxy.fidelity import steps_per_epoch
+from nas_proxy.metrics import curve_steps
 from nas_proxy.store import STATUSES, RunRow, open_store, write_json_atomic
-from nas_proxy.train import TrainConfig
+from nas_proxy.train import TrainConfig, curve_point
 
 GT_FORMAT = 1
 GT_COLUMNS: tuple[str, ...] = (
@@ -94,10 +99,16 @@ class GroundTruth:
         cfg_hash = self.config.hash
         wanted = set(ids)
         out = []
+        fids = self.fidelities
+        per_epoch = self.protocol.get("steps_per_epoch")
         for rec in self.table.to_dict("records"):
             if str(rec["arch_id"]) not in wanted:
                 continue
             acc = rec["accuracy"]
+            curve = tuple(
+                curve_point(f["step"], int(per_epoch or 1), _number(rec.get(f["column"])), math.nan)
+                for f in fids
+            )
             out.append(
                 RunRow(
                     arch_id=str(rec["arch_id"]),
@@ -115,9 +126,27 @@ class GroundTruth:
                     dataset=self.dataset,
                     started_at=_text(rec.get("started_at")),
                     finished_at=_text(rec.get("finished_at")),
+                    curve=curve,
                 )
             )
         return out
+
+    @property
+    def fidelities(self) -> list[dict[str, Any]]:
+        """The recorded fidelities: ``{"column", "step", "epoch"}`` each (none in files from before curves)."""
+        return [dict(f) for f in self.protocol.get("fidelities", [])]
+
+    def fidelity_column(self, epoch: int) -> str:
+        """The CSV column of the accuracy after ``epoch`` epochs; raise listing the recorded ones."""
+        if epoch == self.config.epochs:
+            return "accuracy"
+        for f in self.fidelities:
+            if f.get("epoch") == epoch:
+                return str(f["column"])
+        epochs = {int(f["epoch"]) for f in self.fidelities if f.get("epoch") and float(f["epoch"]).is_integer()}
+        valid = sorted(epochs | {self.config.epochs})
+        where = str(self.path) if self.path else "ground truth"
+        raise NasProxyError(f"{where} has no fidelity of {epoch} epochs; valid: {', '.join(map(str, valid))}")
 
     def source_description(self) -> dict[str, Any]:
         """The ``full`` entry of a run's protocol when its rows come from this file."""
@@ -129,10 +158,16 @@ class GroundTruth:
             "train_images": p.get("train_images"),
             "images": p.get("train_images"),
             "bytes": p.get("train_bytes", 0),
-            "config": asdict(self.config),
+            "config": self.config.fields(),
             "config_hash": self.config.hash,
             "ground_truth": {"path": str(self.path) if self.path else None, "csv_sha256": p.get("csv_sha256")},
         }
+
+
+def _number(value: Any) -> float:
+    if value is None or value == "":
+        return math.nan
+    return float(value)
 
 
 def _text(value: Any) -> str:
@@ -149,8 +184,19 @@ def default_name(protocol: dict[str, Any]) -> str:
     return f"{dataset}-{space}-e{epochs}"
 
 
-def export_ground_truth(run_dir: str | Path, path: str | Path | None = None) -> Path:
-    """Write the whole-data rows of a run directory as ``<path>.csv`` plus its ``.json`` protocol."""
+def fidelity_name(step: int, per_epoch: int | None) -> str:
+    """``accuracy_e4`` for the end of epoch 4, ``accuracy_s100`` for any other step."""
+    if per_epoch and step % per_epoch == 0:
+        return f"accuracy_e{step // per_epoch}"
+    return f"accuracy_s{step}"
+
+
+def export_ground_truth(run_dir: str | Path, path: str | Path | None = None, *, fidelity: int | None = None) -> Path:
+    """Write the whole-data rows of a run directory as ``<path>.csv`` plus its ``.json`` protocol.
+
+    Every fidelity the runs recorded becomes a column; ``fidelity`` (epochs) keeps only that one
+    beside the final accuracy.
+    """
     from nas_proxy import __version__
 
     store = open_store(run_dir)
@@ -164,12 +210,34 @@ def export_ground_truth(run_dir: str | Path, path: str | Path | None = None) -> 
     if frame.empty:
         raise NasProxyError(f"{store.root} has no whole-data runs to export (evaluate with --full first)")
     frame = frame.sort_values(["arch_id", "seed"], kind="stable")
+    per_epoch = steps_per_epoch(source)
+    steps = curve_steps(frame)
+    final_step = int(frame["steps"].max()) if len(frame) else 0
+    fids: list[dict[str, Any]] = [
+        {"column": fidelity_name(st, per_epoch), "step": st, "epoch": round(st / per_epoch, 4) if per_epoch else None}
+        for st in steps
+        if st < final_step
+    ]
+    if fidelity is not None:
+        wanted = [f for f in fids if f["epoch"] == fidelity]
+        if not wanted and fidelity != full.get("epochs"):
+            valid = sorted({int(f["epoch"]) for f in fids if f["epoch"] and float(f["epoch"]).is_integer()})
+            raise NasProxyError(
+                f"{store.root}: no whole-data fidelity of {fidelity} epochs; valid: "
+                f"{', '.join(map(str, [*valid, full.get('epochs')]))}"
+            )
+        fids = wanted
+    columns = list(GT_COLUMNS)
+    frame = frame.copy()
+    for f in fids:
+        frame[f["column"]] = [_curve_accuracy(c, int(f["step"])) for c in frame["curve"]]
+        columns.append(str(f["column"]))
     out = Path(path) if path is not None else DEFAULT_DIR / f"{default_name(protocol)}.csv"
     if out.suffix != ".csv":
         out = out.with_name(out.name + ".csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    frame.loc[:, list(GT_COLUMNS)].to_csv(tmp, index=False)
+    frame.loc[:, columns].to_csv(tmp, index=False)
     tmp.replace(out)
     config = {k: v for k, v in full.items() if k != "hash"}
     meta = {
@@ -186,6 +254,8 @@ def export_ground_truth(run_dir: str | Path, path: str | Path | None = None) -> 
         "train_images": source.get("train_images"),
         "train_bytes": source.get("bytes"),
         "test_images": protocol.get("test_images"),
+        "steps_per_epoch": per_epoch,
+        "fidelities": fids,
         "in_channels": protocol.get("in_channels"),
         "image_size": protocol.get("image_size"),
         "num_classes": protocol.get("num_classes"),
@@ -198,6 +268,13 @@ def export_ground_truth(run_dir: str | Path, path: str | Path | None = None) -> 
     }
     write_json_atomic(sidecar_path(out), meta)
     return out
+
+
+def _curve_accuracy(curve: Any, step: int) -> float:
+    for p in curve or ():
+        if int(p["step"]) == step:
+            return math.nan if p.get("accuracy") is None else float(p["accuracy"])
+    return math.nan
 
 
 def load_ground_truth(path: str | Path) -> GroundTruth:

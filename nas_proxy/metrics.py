@@ -21,23 +21,38 @@ Definitions (documented once, used everywhere):
 - **Performance** = whole-data accuracy of the candidate the ranker scores highest; when several
   tie for the top, their mean (the expected value of a random tie-break). **Regret** = best
   whole-data accuracy minus performance.
-- A correlation over fewer than 3 candidates, or with a constant ranking, is NaN.
+- A correlation over fewer than 3 candidates, or with a constant ranking, is NaN. Over a
+  top-k set smaller than :data:`MIN_TOPK_CORRELATION` (10) it is not computed at all ("n/a"): a
+  rank correlation of 3 or 5 items takes a handful of values, and its bootstrap collapses onto
+  them (an interval like [-1.00, -1.00] claims a certainty that is not there).
+- **Top-k overlap** (precision at k) = the share of the true top-k that the ranker also puts in
+  its own top-k: what a NAS user keeping k candidates gets. By chance it is k/n on average. Its
+  interval re-determines both top-k sets inside every bootstrap resample (the sets are
+  statistics of the sample, not fixed labels).
+- **Seeds**: a candidate's accuracy on a source is the mean over its seeds; the *seed-to-seed*
+  agreement (seed A's ranking against seed B's, whole data or a proxy) is the noise ceiling a
+  ranker is read against: no proxy can be expected to agree with one training run better than
+  another training run of the same candidates does.
+- **Learning curves**: a run may carry test accuracy at recorded steps (``RunRow.curve``); the
+  same definitions apply to the accuracy at one such point (a *fidelity*).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-DEFAULT_TOPK: tuple[str, ...] = ("all", "10", "30", "5%", "10%")
+DEFAULT_TOPK: tuple[str, ...] = ("all", "50%", "10", "30", "5%", "10%")
 METHODS: tuple[str, ...] = ("spearman", "kendall")
 DIVERGED_ACCURACY = 0.0
 MIN_CANDIDATES = 3
+# Smallest top-k over which a rank correlation is reported (below: n/a, the overlap speaks instead).
+MIN_TOPK_CORRELATION = 10
 
 
 @dataclass(frozen=True)
@@ -224,6 +239,8 @@ class Comparison:
     regret: float
     best: float
     picks: tuple[str, ...]
+    overlaps: dict[str, Interval] = field(default_factory=dict)  # top-k label -> top-k overlap
+    regret_interval: Interval = field(default_factory=lambda: Interval(float("nan"), float("nan"), float("nan")))
 
 
 def pick(scores: pd.Series, truth: pd.Series) -> tuple[float, float, tuple[str, ...]]:
@@ -247,8 +264,13 @@ def compare(
     methods: Sequence[str] = METHODS,
     n_boot: int = 1000,
     seed: int = 0,
+    min_topk: int = MIN_TOPK_CORRELATION,
 ) -> Comparison:
-    """Correlations (with intervals) over all candidates and each top-k set, and the pick's regret."""
+    """Correlations (with intervals) over all candidates and each top-k set, top-k overlaps, and the pick's regret.
+
+    A top-k correlation with ``k < min_topk`` is NaN (shown "n/a"); the overlap is given for
+    every top-k label, with its bootstrap interval (sets re-determined in each resample).
+    """
     scores = scores[np.isfinite(scores.astype(float))]
     common = sorted(set(scores.index) & set(truth.index))
     s, t = scores[common].astype(float), truth[common].astype(float)
@@ -259,8 +281,9 @@ def compare(
         sizes[label] = k
         ids = top_k_ids(t, k)
         xs, ys = s[ids].to_numpy(), t[ids].to_numpy()
+        too_few = label != "all" and k < min_topk
         for method in methods:
-            value = correlation(xs, ys, method)
+            value = float("nan") if too_few else correlation(xs, ys, method)
             low, high = (
                 bootstrap_interval(xs, ys, method, n_boot=n_boot, seed=seed)
                 if not math.isnan(value)
@@ -269,7 +292,131 @@ def compare(
             out[(method, label)] = Interval(value, low, high)
     performance, regret, picked = pick(s, t)
     best = float(t.max()) if len(t) else float("nan")
-    return Comparison(len(common), out, sizes, performance, regret, best, picked)
+    xs_all, ts_all = s.to_numpy(), t.to_numpy()
+    overlaps = {
+        label: topk_overlap(xs_all, ts_all, sizes[label], n_boot=n_boot, seed=seed) for label in topk if label != "all"
+    }
+    regret_iv = regret_interval(xs_all, ts_all, n_boot=n_boot, seed=seed)
+    return Comparison(len(common), out, sizes, performance, regret, best, picked, overlaps, regret_iv)
+
+
+def _top_mask(values: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask (same shape) of the k largest of each row; ties broken by position (lower first)."""
+    order = np.argsort(-values, axis=-1, kind="stable")
+    mask = np.zeros(values.shape, dtype=bool)
+    np.put_along_axis(mask, order[..., :k], True, axis=-1)
+    return mask
+
+
+def _overlap_rows(x: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
+    """Share of each row's true top-k (by ``t``) that is also in its top-k by ``x``."""
+    return np.asarray((_top_mask(x, k) & _top_mask(t, k)).sum(axis=-1) / k, dtype=float)
+
+
+def topk_overlap(
+    x: np.ndarray, t: np.ndarray, k: int, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> Interval:
+    """Top-k overlap (precision at k) of scores ``x`` against truth ``t``, with a percentile bootstrap.
+
+    Each resample draws n candidates with replacement and finds both top-k sets again in it (a
+    candidate drawn twice counts as two entries; ties go to the earlier draw), so the interval
+    covers the uncertainty of which candidates are on top, not only of their order.
+    """
+    x, t = np.asarray(x, dtype=float), np.asarray(t, dtype=float)
+    n = len(x)
+    if n == 0 or k < 1 or k > n:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    # The point estimate ties by id order (the caller's sort), as top_k_ids does.
+    value = float(_overlap_rows(x[None], t[None], k)[0])
+    if n_boot < 1 or k == n:  # k = n: every candidate is in both sets, no spread at all
+        return Interval(value, value if k == n else float("nan"), value if k == n else float("nan"))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    low, high = _percentiles(_overlap_rows(x[idx], t[idx], k), level)
+    return Interval(value, low, high)
+
+
+def regret_interval(
+    x: np.ndarray, t: np.ndarray, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> Interval:
+    """Regret of the pick (best truth minus the truth of the top-scored, tied picks averaged), bootstrapped.
+
+    Each resample picks again among the candidates it drew, and compares with its own best.
+    """
+    x, t = np.asarray(x, dtype=float), np.asarray(t, dtype=float)
+    n = len(x)
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    value = _regret_rows(x[None], t[None])[0]
+    if n_boot < 1:
+        return Interval(float(value), float("nan"), float("nan"))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    low, high = _percentiles(_regret_rows(x[idx], t[idx]), level)
+    return Interval(float(value), low, high)
+
+
+def _regret_rows(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    top = x == x.max(axis=-1, keepdims=True)
+    picked = (t * top).sum(axis=-1) / top.sum(axis=-1)
+    return np.asarray(t.max(axis=-1) - picked, dtype=float)
+
+
+def seed_table(rows: pd.DataFrame, step: int | None = None) -> pd.DataFrame:
+    """Accuracy per architecture (rows) and seed (columns) of one source's runs.
+
+    ``step``: the accuracy recorded at that step of each run's learning curve instead of the
+    final one (a run without that point is missing). Diverged runs, and curve points recorded
+    after a divergence, count :data:`DIVERGED_ACCURACY`; failed runs are missing.
+    """
+    records = []
+    for rec in rows[rows["status"] != "failed"].to_dict("records"):
+        if step is None:
+            acc = rec["accuracy"] if rec["status"] == "ok" else DIVERGED_ACCURACY
+        else:
+            point = next((p for p in rec.get("curve") or () if int(p["step"]) == step), None)
+            if point is None:
+                continue
+            acc = DIVERGED_ACCURACY if point.get("accuracy") is None else point["accuracy"]
+        records.append((str(rec["arch_id"]), int(rec["seed"]), float(acc)))
+    table = pd.DataFrame(records, columns=["arch_id", "seed", "accuracy"])
+    wide = table.pivot_table(index="arch_id", columns="seed", values="accuracy", aggfunc="mean")
+    return wide.sort_index()
+
+
+def curve_steps(rows: pd.DataFrame) -> list[int]:
+    """The steps at which every run of ``rows`` (failed ones aside) recorded a curve point."""
+    kept = rows[rows["status"] != "failed"]
+    common: set[int] | None = None
+    for curve in kept.get("curve", []):
+        steps = {int(p["step"]) for p in curve or ()}
+        common = steps if common is None else common & steps
+    return sorted(common or ())
+
+
+def seed_pairs(table: pd.DataFrame) -> list[tuple[int, int]]:
+    """Pairs of seed columns (in order), for seed-to-seed agreement."""
+    cols = [int(c) for c in table.columns]
+    return [(a, b) for i, a in enumerate(cols) for b in cols[i + 1 :]]
+
+
+def seed_to_seed(
+    table: pd.DataFrame,
+    *,
+    topk: Sequence[str] = DEFAULT_TOPK,
+    methods: Sequence[str] = METHODS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    min_topk: int = MIN_TOPK_CORRELATION,
+) -> Comparison | None:
+    """The first seed's ranking judged against the second's (the noise ceiling); None with one seed.
+
+    Candidates missing in either seed are left out. The top-k sets are the second seed's.
+    """
+    pairs = seed_pairs(table)
+    if not pairs:
+        return None
+    a, b = pairs[0]
+    both = table[[a, b]].dropna()
+    return compare(both[a], both[b], topk=topk, methods=methods, n_boot=n_boot, seed=seed, min_topk=min_topk)
 
 
 def interval_union_seconds(starts: pd.Series, ends: pd.Series) -> float:

@@ -1,10 +1,14 @@
 """The paper-style table and figures, recomputed from a run directory's stored rows every time.
 
-Columns: each proxy set, early stopping, the whole data, then training-free rankers (parameter
-count and FLOPs always; zero-cost scores when ``evaluate --rankers`` stored them). Rows:
-performance and regret of each column's pick, Spearman and Kendall over all candidates and
-the top-k (with bootstrap 95% intervals), time cost, wall time and storage. Definitions are in
-:mod:`nas_proxy.metrics`; nothing here is stored that the rows cannot reproduce.
+Columns: each proxy set, early stopping, the whole data, the seed-to-seed ceiling (one
+whole-data training judged against another), then training-free rankers (parameter count and
+FLOPs always; zero-cost scores when ``evaluate --rankers`` stored them). Rows: performance and
+regret of each column's pick, Spearman and Kendall over all candidates and the top-k (with
+bootstrap 95% intervals; n/a below k = 10), top-k overlaps, the share of the ceiling, time
+cost, wall time and storage. With learning curves in the store, sections on the ground truth's
+convergence, early stopping at several budgets, seed noise and proxy epochs follow
+(:mod:`nas_proxy.fidelity`). Definitions are in :mod:`nas_proxy.metrics`; nothing here is
+stored that the rows cannot reproduce.
 """
 
 from __future__ import annotations
@@ -20,22 +24,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nas_proxy import fidelity as fid
 from nas_proxy.errors import NasProxyError
 from nas_proxy.metrics import (
     DEFAULT_TOPK,
     METHODS,
+    MIN_TOPK_CORRELATION,
     Comparison,
     Cost,
     Interval,
     baseline_scores,
     candidate_scores,
     compare,
+    curve_steps,
     paired_difference,
     run_cost,
+    seed_table,
+    seed_to_seed,
 )
 from nas_proxy.store import ResultsStore, open_store
 
-KIND_ORDER = {"proxy": 0, "early": 1, "full": 2, "ranker": 3, "combined": 4}
+KIND_ORDER = {"proxy": 0, "early": 1, "full": 2, "ceiling": 3, "ranker": 4, "combined": 5}
+CEILING_ID = "ceiling:seed-to-seed"
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,7 @@ class Column:
     comparison: Comparison | None = None
     mean_accuracy: float = float("nan")
     build_seconds: float = float("nan")  # building the proxy set itself (from its manifest)
+    rows: pd.DataFrame | None = None  # the stored runs behind a training column
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,13 @@ class Report:
     # Spearman over all candidates minus the random proxy's, paired bootstrap: (column label, interval).
     versus_random: tuple[tuple[str, Interval], ...] = field(default=())
     random_label: str = ""
+    # Multi-fidelity views (empty where the store has no curves or one seed): see nas_proxy.fidelity.
+    truth_fidelity: str = "final"
+    convergence: pd.DataFrame = field(default_factory=pd.DataFrame)
+    convergence_verdict: str = ""
+    proxy_steps: int | None = None
+    noise: pd.DataFrame = field(default_factory=pd.DataFrame)
+    proxy_epochs: tuple[tuple[str, pd.DataFrame], ...] = field(default=())
 
     def markdown(self) -> str:
         return _markdown(self)
@@ -103,6 +121,7 @@ def _training_columns(store: ResultsStore, protocol: dict[str, Any]) -> list[Col
                 counts,
                 mean_accuracy=mean_acc,
                 build_seconds=float(desc.get("build_seconds", float("nan"))),
+                rows=rows,
             )
         )
     return out
@@ -181,8 +200,16 @@ def build_report(
     n_boot: int = 1000,
     seed: int = 0,
     rankers: bool = True,
+    fidelity: int | None = None,
+    min_topk: int = MIN_TOPK_CORRELATION,
 ) -> Report:
-    """Recompute every figure of the table from the rows stored in ``run_dir``."""
+    """Recompute every figure of the table from the rows stored in ``run_dir``.
+
+    ``fidelity``: judge against the whole-data accuracy after this many epochs, read off the
+    runs' learning curves, instead of their final accuracy (default: the store's
+    ``truth_fidelity`` if ``evaluate --fidelity`` set one, else final). ``min_topk``: the
+    smallest top-k over which a correlation is shown (:data:`nas_proxy.metrics.MIN_TOPK_CORRELATION`).
+    """
     store = open_store(run_dir)
     protocol = store.read_protocol() or {}
     columns = _training_columns(store, protocol)
@@ -190,7 +217,23 @@ def build_report(
         raise NasProxyError(f"{store.root} holds no finished training runs yet")
     notes: list[str] = []
     full = next((c for c in columns if c.kind == "full"), None)
+    per_epoch = fid.steps_per_epoch(protocol.get("sources", {}).get("full", {}))
+    if fidelity is None and protocol.get("truth_fidelity") is not None:
+        fidelity = int(protocol["truth_fidelity"])
+    truth_label = "final"
+    if fidelity is not None and fidelity == protocol.get("configs", {}).get("full", {}).get("epochs"):
+        fidelity = None  # the last epoch is the final accuracy itself
+    if full is not None and fidelity is not None:
+        full = _at_fidelity(full, fidelity, per_epoch, store.root)
+        columns = [full if c.kind == "full" else c for c in columns]
+        truth_label = f"epoch {fidelity}"
     truth = full.scores if full is not None else None
+    if full is not None and full.rows is not None:
+        ceiling = _ceiling_column(full, topk, n_boot, seed, min_topk)
+        if ceiling is not None:
+            columns.append(ceiling)
+        else:
+            notes.append("one whole-data seed only: no seed-to-seed ceiling (train --seeds 0 1 for one)")
     arch_ids = sorted({i for c in columns for i in c.scores.index})
     if rankers:
         from nas_proxy.zero_cost import DEFAULT_COMBINED_RANKER
@@ -203,8 +246,13 @@ def build_report(
             "or `--ground-truth FILE`"
         )
     compared = [
-        replace(
-            c, comparison=compare(c.scores, truth, topk=topk, n_boot=n_boot, seed=seed) if truth is not None else None
+        c
+        if c.comparison is not None
+        else replace(
+            c,
+            comparison=compare(c.scores, truth, topk=topk, n_boot=n_boot, seed=seed, min_topk=min_topk)
+            if truth is not None
+            else None,
         )
         for c in columns
     ]
@@ -218,8 +266,22 @@ def build_report(
     if base is not None and truth is not None:
         random_label = labels[compared.index(base)]
         for c, label in zip(compared, labels, strict=True):
-            if c is not base and c.kind != "full":
+            if c is not base and c.kind not in ("full", "ceiling"):
                 versus.append((label, paired_difference(c.scores, base.scores, truth, n_boot=n_boot, seed=seed)))
+    convergence, verdict = pd.DataFrame(), ""
+    if full is not None and full.rows is not None:
+        convergence = fid.convergence_table(full.rows, per_epoch, n_boot=n_boot, seed=seed)
+        verdict = fid.converged(convergence)[1] if not convergence.empty else ""
+    noise_records, epochs = [], []
+    for c, label in zip(compared, labels, strict=True):
+        if c.rows is None or c.kind not in ("proxy", "full"):
+            continue
+        noise_records.append({"column": label, **fid.seed_noise(c.rows, truth, n_boot=n_boot, seed=seed)})
+        if c.kind == "proxy" and truth is not None:
+            per = fid.steps_per_epoch(protocol.get("sources", {}).get(c.id, {}))
+            curve = fid.proxy_epoch_table(c.rows, truth, per, n_boot=n_boot, seed=seed)
+            if not curve.empty:
+                epochs.append((label, curve))
     return Report(
         store.root,
         tuple(compared),
@@ -231,7 +293,62 @@ def build_report(
         tuple(notes),
         tuple(versus),
         random_label,
+        truth_label,
+        convergence,
+        verdict,
+        _proxy_steps(protocol),
+        pd.DataFrame.from_records(noise_records),
+        tuple(epochs),
     )
+
+
+def _at_fidelity(full: Column, epoch: int, per_epoch: int | None, where: Path) -> Column:
+    """The whole-data column with each run's accuracy at ``epoch`` (from its learning curve)."""
+    assert full.rows is not None
+    if per_epoch is None:
+        raise NasProxyError(f"{where}: the protocol does not say the whole data's size; cannot find epoch {epoch}")
+    step = epoch * per_epoch
+    table = seed_table(full.rows, step=step)
+    if table.empty:
+        have = curve_steps(full.rows)
+        valid = ", ".join(f"{s / per_epoch:g}" for s in have if s % per_epoch == 0) or "none recorded"
+        raise NasProxyError(f"{where}: the whole-data runs recorded no curve point at epoch {epoch}; valid: {valid}")
+    scores = table.mean(axis=1)
+    scores.name = "score"
+    return replace(full, scores=scores, label=f"{full.label} (epoch {epoch})")
+
+
+def _ceiling_column(full: Column, topk: Sequence[str], n_boot: int, seed: int, min_topk: int) -> Column | None:
+    """Seed A's whole-data ranking judged against seed B's: what no proxy can be expected to beat."""
+    assert full.rows is not None
+    table = seed_table(full.rows)
+    cmp = seed_to_seed(table, topk=topk, n_boot=n_boot, seed=seed, min_topk=min_topk)
+    if cmp is None:
+        return None
+    a, b = (int(c) for c in table.columns[:2])
+    rows = full.rows[full.rows["seed"] == a]
+    cost = run_cost(rows, full.cost.images, full.cost.bytes)
+    return Column(
+        CEILING_ID,
+        f"seed to seed (whole data, seed {a} vs {b})",
+        "ceiling",
+        table[a].dropna(),
+        cost,
+        {s: int((rows["status"] == s).sum()) for s in ("ok", "diverged", "failed")},
+        comparison=cmp,
+        mean_accuracy=float(table[a].mean()),
+    )
+
+
+def _proxy_steps(protocol: dict[str, Any]) -> int | None:
+    """SGD steps of one proxy run (the unit of the early-stopping budgets), if any proxy is stored."""
+    for desc in protocol.get("sources", {}).values():
+        if desc.get("kind") == "proxy":
+            per = fid.steps_per_epoch(desc)
+            epochs = (desc.get("config") or {}).get("epochs")
+            if per and epochs:
+                return int(per * int(epochs))
+    return None
 
 
 def _random_proxy(columns: Sequence[Column], protocol: dict[str, Any]) -> Column | None:
@@ -266,19 +383,37 @@ def _fmt_count(n: float) -> str:
     return f"10^{exp}" if abs(mant - 1) < 1e-9 else f"{mant:.1f}x10^{exp}" if exp >= 3 else f"{n:.0f}"
 
 
+def _pct_interval(iv: Interval) -> str:
+    return Interval(100 * iv.value, 100 * iv.low, 100 * iv.high).format()
+
+
+def _ceiling_value(columns: Sequence[Column]) -> float:
+    ceiling = next((c for c in columns if c.kind == "ceiling" and c.comparison is not None), None)
+    return ceiling.comparison.correlations[("spearman", "all")].value if ceiling and ceiling.comparison else math.nan
+
+
 def _display_table(columns: Sequence[Column], labels: Sequence[str], topk: tuple[str, ...]) -> pd.DataFrame:
     data: dict[str, list[str]] = {}
     index: list[str] = []
+    ceiling = _ceiling_value(columns)
     for col, label in zip(columns, labels, strict=True):
         cmp = col.comparison
         values: dict[str, str] = {}
         values["Performance (%)"] = _pct(cmp.performance) if cmp else "n/a"
-        values["Regret (%)"] = _pct(cmp.regret) if cmp else "n/a"
+        values["Regret (%)"] = _pct_interval(cmp.regret_interval) if cmp else "n/a"
         for method in METHODS:
             for k in topk:
                 name = _row_label(method, k, cmp.topk_sizes if cmp else {})
                 iv = cmp.correlations[(method, k)] if cmp else Interval(float("nan"), float("nan"), float("nan"))
                 values[name] = iv.format()
+        for k in topk:
+            if k == "all" or cmp is None or k not in cmp.overlaps:
+                continue
+            size = cmp.topk_sizes.get(k, 0)
+            values[f"Top-{k} overlap (k={size}, chance {size / max(cmp.n, 1):.2f})"] = cmp.overlaps[k].format()
+        spearman = cmp.correlations[("spearman", "all")].value if cmp else math.nan
+        share = spearman / ceiling if ceiling and col.kind not in ("full", "ceiling") else math.nan
+        values["Share of the seed-to-seed ceiling (Spearman all)"] = "n/a" if math.isnan(share) else f"{share:.2f}"
         values["Mean accuracy (%)"] = _pct(col.mean_accuracy) if col.kind != "ranker" else "-"
         values["Time cost (min)"] = _minutes(col.cost.seconds)
         values["Wall time (min)"] = _minutes(col.cost.wall_seconds)
@@ -311,6 +446,8 @@ def _metrics_frame(columns: Sequence[Column], labels: Sequence[str], topk: tuple
             "regret": cmp.regret if cmp else np.nan,
             "best": cmp.best if cmp else np.nan,
             "picks": " ".join(cmp.picks) if cmp else "",
+            "regret_low": cmp.regret_interval.low if cmp else np.nan,
+            "regret_high": cmp.regret_interval.high if cmp else np.nan,
             "mean_accuracy": col.mean_accuracy,
         }
         for method in METHODS:
@@ -319,6 +456,11 @@ def _metrics_frame(columns: Sequence[Column], labels: Sequence[str], topk: tuple
                 stem = f"{method}_{_slug(k)}"
                 rec[stem], rec[f"{stem}_low"], rec[f"{stem}_high"] = iv.value, iv.low, iv.high
                 rec[f"k_{_slug(k)}"] = cmp.topk_sizes.get(k, np.nan) if cmp else np.nan
+        for k in topk:
+            ov = cmp.overlaps.get(k) if cmp else None
+            if ov is not None:
+                stem = f"overlap_{_slug(k)}"
+                rec[stem], rec[f"{stem}_low"], rec[f"{stem}_high"] = ov.value, ov.low, ov.high
         rec.update(
             seconds=col.cost.seconds, wall_seconds=col.cost.wall_seconds, images=col.cost.images, bytes=col.cost.bytes
         )
@@ -382,7 +524,96 @@ def _markdown(report: Report) -> str:
         for label, iv in report.versus_random:
             sure = "n/a" if math.isnan(iv.low) else ("yes" if iv.low > 0 or iv.high < 0 else "no")
             lines.append(f"| {label} | {iv.format()} | {sure} |")
+    lines += _fidelity_sections(report)
     return "\n".join(lines) + "\n"
+
+
+def _iv(value: float, low: float, high: float) -> str:
+    return Interval(value, low, high).format()
+
+
+def _cross(record: dict[str, Any], stem: str) -> str:
+    return _iv(record[f"cross_{stem}"], record[f"cross_{stem}_low"], record[f"cross_{stem}_high"])
+
+
+def _f(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _fidelity_sections(report: Report) -> list[str]:
+    """Markdown for the ground truth's convergence, early stopping as a curve, seed noise, proxy epochs."""
+    lines: list[str] = []
+    conv = report.convergence
+    if report.truth_fidelity != "final":
+        lines += ["", f"Ground truth: whole-data accuracy at **{report.truth_fidelity}** (read off the curves)."]
+    if not conv.empty:
+        unit = report.proxy_steps
+        lines += [
+            "",
+            "## The ground truth: convergence, and early stopping at every budget",
+            "",
+            "Each row is one recorded fidelity of the whole-data runs. *Same runs*: the seed-averaged ranking "
+            "at that point against the seed-averaged final ranking (has the ranking stopped moving?). "
+            "*Seed-crossed*: seed A's run stopped there against seed B's final accuracy, i.e. early stopping "
+            "at that budget judged against an independent full training (a run is never judged against its own "
+            "end, which shares its initial weights and batch order); at the final row this is the seed-to-seed "
+            "ceiling. Cost: seed A's training time for every candidate up to that step.",
+            "",
+            "| epoch | steps | x proxy run | same runs: Spearman all | Kendall all | Spearman top half | "
+            "Kendall top half | seed-crossed: Spearman all [95%] | Kendall all | Spearman top half [95%] | "
+            "top-10 overlap | cost (min) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in conv.to_dict("records"):
+            mult = f"{r['step'] / unit:.3g}" if unit else "n/a"
+            lines.append(
+                f"| {r['epoch']:g} | {int(r['step'])} | {mult} | {_f(r['spearman_all'])} | {_f(r['kendall_all'])} | "
+                f"{_f(r['spearman_top_half'])} | {_f(r['kendall_top_half'])} | "
+                f"{_cross(r, 'spearman_all')} | "
+                f"{_f(r['cross_kendall_all'])} | "
+                f"{_cross(r, 'spearman_top_half')} | {_f(r['cross_overlap_10'], 2)} | {_minutes(r['seconds'])} |"
+            )
+        lines += ["", f"Verdict: {report.convergence_verdict}."]
+    if not report.noise.empty:
+        lines += [
+            "",
+            "## Seed noise",
+            "",
+            "Seed to seed: Spearman of the first two training seeds' rankings of the same candidates (how noisy "
+            "is one training on this source?). Single seed: the mean of each seed's own Spearman against the "
+            "ground truth; averaged: the Spearman of the seed-averaged accuracy (what the main table uses).",
+            "",
+            "| column | seeds | seed to seed: Spearman [95%] | single seed vs ground truth | seeds averaged |",
+            "|---|---|---|---|---|",
+        ]
+        for r in report.noise.to_dict("records"):
+            lines.append(
+                f"| {r['column']} | {int(r['seeds'])} | "
+                f"{_iv(r['seed_to_seed'], r['seed_to_seed_low'], r['seed_to_seed_high'])} | "
+                f"{_f(r.get('single_seed', math.nan), 2)} | {_f(r.get('averaged', math.nan), 2)} |"
+            )
+    if report.proxy_epochs:
+        lines += [
+            "",
+            "## Proxy epochs: is 100 needed?",
+            "",
+            "Each proxy's ranking after training on it for the recorded number of epochs (seeds averaged), "
+            "against the ground truth: Spearman over all candidates [95%] / top-10 overlap.",
+            "",
+        ]
+        epochs = sorted({e for _, t in report.proxy_epochs for e in t["epoch"]})
+        lines += ["| proxy | " + " | ".join(f"epoch {e:g}" for e in epochs) + " |", "|---|" + "---|" * len(epochs)]
+        for label, t in report.proxy_epochs:
+            by = {float(r["epoch"]): r for r in t.to_dict("records")}
+            cells = [
+                f"{_iv(by[e]['spearman_all'], by[e]['spearman_all_low'], by[e]['spearman_all_high'])} / "
+                f"{_f(by[e]['overlap_10'], 2)}"
+                if e in by
+                else "-"
+                for e in epochs
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _safe_name(text: str) -> str:
@@ -447,10 +678,51 @@ def _cost_figure(report: Report, labels: Sequence[str], path: Path) -> None:
             va="center",
             arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"},
         )
+    conv = report.convergence
+    if not conv.empty and "cross_spearman_all" in conv:
+        ok = conv["cross_spearman_all"].notna()
+        xs = (conv.loc[ok, "seconds"] / 60).clip(lower=1e-4)
+        ax.plot(xs, conv.loc[ok, "cross_spearman_all"], "-s", color="grey", ms=3, lw=0.8,
+                label="early stopping along the whole-data curve (seed-crossed)")
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel("time cost (minutes, summed training / scoring time)")
     ax.set_ylabel("Spearman vs whole data (all candidates)")
     ax.axhline(0, color="grey", lw=0.5)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120)
+
+
+def _convergence_figure(conv: pd.DataFrame, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), constrained_layout=True)
+    ax = fig.add_subplot()
+    x = conv["epoch"]
+    ax.plot(x, conv["spearman_all"], "-o", ms=3, label="same runs vs final: Spearman, all")
+    ax.plot(x, conv["spearman_top_half"], "-o", ms=3, label="same runs vs final: Spearman, top half")
+    ax.plot(x, conv["cross_spearman_all"], "-s", ms=3, label="seed A here vs seed B final (early stopping)")
+    ax.fill_between(x, conv["cross_spearman_all_low"], conv["cross_spearman_all_high"], alpha=0.15)
+    ax.axhline(fid.CONVERGED_ALL, color="grey", lw=0.6, ls="--")
+    ax.axhline(fid.CONVERGED_TOP_HALF, color="grey", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("whole-data epochs (fidelity)")
+    ax.set_ylabel("Spearman")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120)
+
+
+def _proxy_epochs_figure(curves: Sequence[tuple[str, pd.DataFrame]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), constrained_layout=True)
+    ax = fig.add_subplot()
+    for label, t in curves:
+        ax.plot(t["epoch"], t["spearman_all"], "-o", ms=3, label=label)
+    ax.set_xlabel("epochs on the proxy")
+    ax.set_ylabel("Spearman vs ground truth (all candidates)")
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
 
@@ -475,6 +747,16 @@ def write_report(report: Report, out_dir: str | Path | None = None, *, figures: 
         _cost_figure(report, labels, path)
         written.append(path)
         fig_lines.insert(0, f"![correlation vs cost]({path.name})")
+        if not report.convergence.empty:
+            path = out / "convergence.png"
+            _convergence_figure(report.convergence, path)
+            written.append(path)
+            fig_lines.insert(1, f"![convergence of the ground truth]({path.name})")
+        if report.proxy_epochs:
+            path = out / "proxy_epochs.png"
+            _proxy_epochs_figure(report.proxy_epochs, path)
+            written.append(path)
+            fig_lines.insert(2, f"![proxy correlation against proxy epochs]({path.name})")
     if fig_lines:
         md += "\n## Figures\n\n" + "\n".join(fig_lines) + "\n"
     paths = {"report.md": md}

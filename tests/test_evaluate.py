@@ -393,3 +393,63 @@ def test_fast_options_reach_the_stacked_runs_and_the_record(
     assert res.ok == len(specs) and seen == [options]
     protocol = ResultsStore(tmp_path).read_protocol()
     assert protocol is not None and protocol["invocations"][-1]["fast_options"] == "channels_last"
+
+
+def test_curves_flow_from_training_to_ground_truth_file_and_back(
+    data: tuple[Split, Split], specs: list[str], tmp_path: Path
+) -> None:
+    train, test = data
+    full_cfg = TrainConfig(epochs=3, batch_size=16, curve=(1, 2, 3), curve_steps=(2,))
+    proxy_cfg = TrainConfig(epochs=4, batch_size=16, curve=(2,))
+    proxy = proxy_source(get_builder("random", ipc=2, seed=0).build(train), proxy_cfg)
+    sources = [proxy, full_source(train, full_cfg)]
+    evaluate(specs, sources, test, out_dir=tmp_path / "a", seeds=[0, 1], progress=False, space="tiny")
+    rows = ResultsStore(tmp_path / "a").rows()
+    full_rows = [r for r in rows if r.source_id == "full"]
+    assert all([p["step"] for p in r.curve] == [2, 4, 8, 12] for r in full_rows)  # 64 images / 16: 4 steps an epoch
+    assert all(r.curve[-1]["accuracy"] == r.accuracy for r in full_rows)
+    assert all([p["step"] for p in r.curve] == [2] for r in rows if r.source_id == proxy.id)  # 8 images: 1 step/epoch
+
+    path = export_ground_truth(tmp_path / "a", tmp_path / "gt" / "t.csv")
+    table = pd.read_csv(path)
+    assert [c for c in table.columns if c.startswith("accuracy_")] == ["accuracy_s2", "accuracy_e1", "accuracy_e2"]
+    gt = load_ground_truth(path)
+    assert gt.fidelity_column(2) == "accuracy_e2" and gt.fidelity_column(3) == "accuracy"
+    with pytest.raises(NasProxyError, match="no fidelity of 5 epochs; valid: 1, 2, 3"):
+        gt.fidelity_column(5)
+    slim = load_ground_truth(export_ground_truth(tmp_path / "a", tmp_path / "gt" / "e1.csv", fidelity=1))
+    assert [f["column"] for f in slim.fidelities] == ["accuracy_e1"]
+    with pytest.raises(NasProxyError, match="no whole-data fidelity of 7 epochs"):
+        export_ground_truth(tmp_path / "a", tmp_path / "gt" / "x.csv", fidelity=7)
+
+    # Imported rows carry their curves, so the report of a store that reuses the file sees every fidelity.
+    evaluate(specs, [proxy], test, out_dir=tmp_path / "b", seeds=[0, 1], progress=False, ground_truth=gt)
+    imported = {(r.arch_id, r.seed): r for r in ResultsStore(tmp_path / "b").rows() if r.source_id == "full"}
+    for r in full_rows:
+        got = imported[(r.arch_id, r.seed)].curve
+        assert [(p["step"], p["accuracy"]) for p in got] == [(p["step"], p["accuracy"]) for p in r.curve[:-1]]
+    report = build_report(tmp_path / "a", n_boot=20)
+    assert report.convergence["epoch"].tolist() == [0.5, 1.0, 2.0, 3.0]
+    assert any(c.kind == "ceiling" for c in report.columns)
+    assert [label for label, _ in report.proxy_epochs] == [proxy.label]
+    md = report.markdown()
+    assert "## The ground truth: convergence" in md and "## Seed noise" in md and "## Proxy epochs" in md
+    at1 = build_report(tmp_path / "a", n_boot=20, fidelity=1)
+    assert at1.truth_fidelity == "epoch 1"
+    want = candidate_scores(
+        pd.DataFrame(
+            [{"arch_id": r.arch_id, "status": r.status, "accuracy": r.curve[1]["accuracy"]} for r in full_rows]
+        )
+    )
+    pd.testing.assert_series_equal(at1.truth.sort_index(), want.sort_index(), check_names=False)
+    with pytest.raises(NasProxyError, match="no curve point at epoch 9"):
+        build_report(tmp_path / "a", n_boot=20, fidelity=9)
+
+
+def test_old_store_without_curves_still_reports(data: tuple[Split, Split], specs: list[str], tmp_path: Path) -> None:
+    train, test = data
+    evaluate(specs, _sources(train), test, out_dir=tmp_path, seeds=[0], progress=False)
+    report = build_report(tmp_path, n_boot=20)
+    assert report.convergence.empty and not report.proxy_epochs
+    assert any("no seed-to-seed ceiling" in n for n in report.notes)
+    assert "## The ground truth: convergence" not in report.markdown()

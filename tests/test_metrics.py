@@ -73,7 +73,8 @@ def test_top_k_is_by_truth_with_ties_broken_by_id() -> None:
 
 
 def test_compare_topk_matches_scipy_on_the_subset() -> None:
-    cmp = compare(PROXY, TRUTH, topk=("all", "4", "50%"), n_boot=50, seed=0)
+    # min_topk=1: the arithmetic on a subset of 4 (the default floor of 10 reports n/a there).
+    cmp = compare(PROXY, TRUTH, topk=("all", "4", "50%"), n_boot=50, seed=0, min_topk=1)
     top4 = ["a0", "a1", "a2", "a3"]
     want = stats.spearmanr(PROXY[top4], TRUTH[top4]).statistic
     assert cmp.correlations[("spearman", "4")].value == pytest.approx(want)
@@ -186,3 +187,100 @@ def test_baseline_rankers_are_params_and_flops() -> None:
     assert base["params"][ids[1]] == 317_706  # REFERENCE.md section 1
     assert base["params"][ids[0]] == count_params(build_model(ids[0], 1, 28, 10))
     assert base["flops"][ids[0]] == count_flops(ids[0], 1, 28, 10)
+
+
+# ----------------------------------------------------------------------------- issue 16: honest top-k, seeds, curves
+
+
+def test_topk_correlation_below_the_floor_is_na_and_the_overlap_speaks_instead() -> None:
+    cmp = compare(PROXY, TRUTH, topk=("all", "4"), n_boot=200, seed=0)
+    assert math.isnan(cmp.correlations[("spearman", "4")].value)
+    assert cmp.correlations[("spearman", "4")].format() == "n/a"
+    assert not math.isnan(cmp.correlations[("spearman", "all")].value)
+    # By hand: true top-4 a0..a3; the proxy's top-4 by score 0.60 a1, 0.50 a0, 0.45 a3, 0.40 a2 -> all 4.
+    assert cmp.overlaps["4"].value == pytest.approx(1.0)
+    cmp3 = compare(PROXY, TRUTH, topk=("3",), n_boot=200, seed=0)
+    # True top-3 a0 a1 a2; proxy top-3 a1 a0 a3 -> 2 of 3.
+    assert cmp3.overlaps["3"].value == pytest.approx(2 / 3)
+    low, high = cmp3.overlaps["3"].low, cmp3.overlaps["3"].high
+    assert 0 <= low <= high <= 1 and low < high  # the resampled top sets vary: a real spread
+
+
+def test_topk_overlap_bootstrap_redetermines_the_sets_in_each_resample() -> None:
+    from nas_proxy.metrics import _overlap_rows, topk_overlap
+
+    x = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    t = np.array([1.0, 2.0, 3.0, 4.0, 5.0])  # exactly reversed
+    assert topk_overlap(x, t, 2, n_boot=0).value == 0.0
+    # Hand-made resample: draws 0, 0, 4, 4, 4. Its top-2 by x: the two draws of item 0 (positions
+    # 0, 1); by t: two draws of item 4 (positions 2, 3): overlap 0. A resample of item 2 alone: 1.
+    idx = np.array([[0, 0, 4, 4, 4], [2, 2, 2, 2, 2]])
+    assert _overlap_rows(x[idx], t[idx], 2).tolist() == [0.0, 1.0]
+    iv = topk_overlap(x, t, 2, n_boot=500, seed=1)
+    assert iv.low == 0.0 and iv.high > 0.0  # resamples with repeated items overlap by their ties
+    # Identical rankings: always full overlap, and k = n has no spread at all.
+    same = topk_overlap(t, t, 2, n_boot=300, seed=0)
+    assert (same.value, same.low, same.high) == (1.0, 1.0, 1.0)
+    assert topk_overlap(x, t, 5, n_boot=300).format() == "1.00 [1.00, 1.00]"
+
+
+def test_regret_interval_picks_again_in_each_resample() -> None:
+    from nas_proxy.metrics import _regret_rows, regret_interval
+
+    x = np.array([0.9, 0.1, 0.5])
+    t = np.array([0.80, 0.90, 0.85])
+    assert regret_interval(x, t, n_boot=0).value == pytest.approx(0.10)
+    # Resample [1, 1, 2]: pick by x is item 2 (0.5) -> truth 0.85, best 0.90 -> 0.05.
+    assert _regret_rows(x[np.array([[1, 1, 2]])], t[np.array([[1, 1, 2]])]).tolist() == pytest.approx([0.05])
+    iv = regret_interval(x, t, n_boot=400, seed=0)
+    assert iv.low == pytest.approx(0.0) and iv.high == pytest.approx(0.10)
+    abc = ["a", "b", "c"]
+    cmp = compare(pd.Series(x, index=abc), pd.Series(t, index=abc), n_boot=10)
+    assert cmp.regret_interval.value == pytest.approx(0.10)
+
+
+def _runs(records: list[tuple[str, int, str, float, list[tuple[int, float | None]]]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "arch_id": a,
+                "seed": s,
+                "status": st,
+                "accuracy": acc,
+                "curve": tuple({"step": step, "accuracy": v} for step, v in curve),
+            }
+            for a, s, st, acc, curve in records
+        ]
+    )
+
+
+def test_seed_table_and_seed_to_seed_on_a_tiny_table() -> None:
+    from nas_proxy.metrics import curve_steps, seed_table, seed_to_seed
+
+    rows = _runs(
+        [
+            ("a", 0, "ok", 0.9, [(10, 0.5), (20, 0.9)]),
+            ("a", 1, "ok", 0.7, [(10, 0.4), (20, 0.7)]),
+            ("b", 0, "ok", 0.8, [(10, 0.6), (20, 0.8)]),
+            ("b", 1, "ok", 0.8, [(10, 0.6), (20, 0.8)]),
+            ("c", 0, "diverged", math.nan, [(10, 0.3), (20, None)]),
+            ("c", 1, "ok", 0.6, [(10, 0.2), (20, 0.6)]),
+            ("d", 0, "ok", 0.5, [(10, 0.1), (20, 0.5)]),
+            ("d", 1, "failed", math.nan, []),
+        ]
+    )
+    final = seed_table(rows)
+    assert final.loc["a"].tolist() == [0.9, 0.7]
+    assert final.loc["c"].tolist() == [0.0, 0.6]  # diverged counts 0
+    assert math.isnan(final.loc["d", 1])  # failed is missing
+    assert candidate_scores(rows).to_dict() == pytest.approx(final.mean(axis=1).to_dict())
+    at10 = seed_table(rows, step=10)
+    assert at10.loc["a"].tolist() == [0.5, 0.4]
+    assert seed_table(rows, step=20).loc["c"].tolist() == [0.0, 0.6]  # a point after divergence counts 0
+    assert curve_steps(rows) == [10, 20]
+    # Seed 0 against seed 1 over a, b, c (d lacks seed 1): seed 0 = 0.9, 0.8, 0.0; seed 1 = 0.7, 0.8, 0.6.
+    # Ranks 3 2 1 vs 2 3 1 -> rho = 1 - 6 * 2 / (3 * 8) = 0.5.
+    cmp = seed_to_seed(final, topk=("all",), n_boot=50)
+    assert cmp is not None and cmp.n == 3
+    assert cmp.correlations[("spearman", "all")].value == pytest.approx(0.5)
+    assert seed_to_seed(final[[0]], topk=("all",)) is None  # one seed: no ceiling

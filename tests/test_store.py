@@ -117,3 +117,38 @@ def test_open_store_errors_name_the_directory(tmp_path: Path) -> None:
     (tmp_path / "protocol.json").write_text("[1, 2]")
     with pytest.raises(NasProxyError, match="JSON object"):
         open_store(tmp_path).read_protocol()
+
+
+def test_learning_curves_round_trip_and_old_rows_load_without_one(tmp_path: Path) -> None:
+    import json
+
+    store = ResultsStore(tmp_path)
+    curve = (
+        {"step": 5, "epoch": 1.0, "accuracy": 0.5, "loss": 1.2},
+        {"step": 10, "epoch": 2.0, "accuracy": None, "loss": None},
+    )
+    store.append(RunRow("ConvNet-D1-W4-AR-IN-AP", "full", 0, "h", "ok", 0.7, 1.0, 10, 100, curve=curve))
+    # A row written before curves existed has no "curve" key at all.
+    old = {
+        "arch_id": "ConvNet-D1-W8-AR-IN-AP",
+        "source_id": "full",
+        "seed": 0,
+        "config_hash": "h",
+        "status": "ok",
+        "accuracy": 0.8,
+        "seconds": 1.0,
+        "steps": 10,
+        "params": 100,
+    }
+    with open(store.runs_path, "a") as f:
+        f.write(json.dumps(old) + "\n")
+    rows = {r.arch_id: r for r in store.rows()}
+    assert rows["ConvNet-D1-W4-AR-IN-AP"].curve == curve
+    assert rows["ConvNet-D1-W8-AR-IN-AP"].curve == ()
+    assert "curve" not in json.loads(RunRow("a", "s", 0, "h", "ok", 0.1, 1.0, 1, 1).to_json())  # unchanged format
+    # A malformed curve is a bad row: skipped with a warning, like any other bad field.
+    bad = {**old, "arch_id": "ConvNet-D2-W4-AR-IN-AP", "curve": [{"accuracy": 0.3}]}
+    with open(store.runs_path, "a") as f:
+        f.write(json.dumps(bad) + "\n")
+    with pytest.warns(RuntimeWarning, match="bad fields"):
+        assert len(store.rows()) == 2

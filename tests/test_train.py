@@ -143,3 +143,67 @@ def test_micro_batches_give_the_whole_batch_training_up_to_rounding(
         assert max(calls) == 7 and len(calls) > stats.steps
         for key, value in whole.state_dict().items():
             torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+# ----------------------------------------------------------------------------- learning curves (issue 16)
+
+
+def test_a_curve_point_equals_a_separate_shorter_run(tiny_data: tuple[Split, Split]) -> None:
+    """decay_at=1.0 keeps the lr constant, so the run cut at step k (max_steps=k) is the same training."""
+    train, test = tiny_data
+    cfg = TrainConfig(epochs=4, batch_size=64, decay_at=1.0, curve=(1, 3), curve_steps=(7,))
+    out = train_and_evaluate(SMALL, train, test, cfg, seed=2)
+    per_epoch = 5  # 300 images / 64
+    assert [p["step"] for p in out.curve] == [5, 7, 15]
+    assert [p["epoch"] for p in out.curve] == [1.0, 1.4, 3.0]
+    for point in out.curve:
+        short = TrainConfig(epochs=4, batch_size=64, decay_at=1.0, max_steps=point["step"])
+        alone = train_and_evaluate(SMALL, train, test, short, seed=2)
+        assert point["accuracy"] == alone.accuracy
+        assert point["loss"] > 0
+    # Whole epochs: also equal to a run of that many epochs.
+    two = train_and_evaluate(SMALL, train, test, TrainConfig(epochs=3, batch_size=64, decay_at=1.0), seed=2)
+    assert out.curve[2]["accuracy"] == two.accuracy and out.curve[2]["step"] == 3 * per_epoch
+
+
+def test_recording_a_curve_changes_nothing_in_the_training(tiny_data: tuple[Split, Split]) -> None:
+    train, test = tiny_data
+    plain = train_and_evaluate(SMALL, train, test, TrainConfig(epochs=4, batch_size=64), seed=1)
+    curved = train_and_evaluate(SMALL, train, test, TrainConfig(epochs=4, batch_size=64, curve=(1, 2, 3, 4)), seed=1)
+    assert curved.accuracy == plain.accuracy and curved.steps == plain.steps
+    assert curved.curve[-1]["accuracy"] == plain.accuracy  # the last point is the run's own end
+    assert plain.curve == ()
+
+
+def test_stacked_seeds_record_the_same_curves(tiny_data: tuple[Split, Split]) -> None:
+    from nas_proxy.fast import train_many
+
+    train, test = tiny_data
+    cfg = TrainConfig(epochs=3, batch_size=64, curve=(1, 2, 3), curve_steps=(2,))
+    spec = ArchSpec(depth=2, width=8, act="relu", norm="instancenorm", pool="avgpool")
+    stacked = train_many(spec, train, test, cfg, [0, 1], strategy="stacked")
+    for seed, out in zip([0, 1], stacked, strict=True):
+        alone = train_and_evaluate(spec, train, test, cfg, seed=seed)
+        assert [p["step"] for p in out.curve] == [p["step"] for p in alone.curve] == [2, 5, 10, 15]
+        for a, b in zip(out.curve, alone.curve, strict=True):
+            assert a["accuracy"] == pytest.approx(b["accuracy"], abs=2 / len(test))  # float tolerance: 2 images
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+
+
+def test_curve_config_hash_and_parsing() -> None:
+    from nas_proxy.train import ladder, parse_curve
+
+    # A config without a curve keeps the hash it had before curves existed (stores resume).
+    assert TrainConfig(epochs=100).hash == "591304a772fa"
+    assert TrainConfig(epochs=1).hash == "199167f31859"
+    assert TrainConfig(epochs=10, curve=(1, 2)).hash != TrainConfig(epochs=10).hash
+    assert TrainConfig(epochs=10, curve=[2, 1, 2]).curve == (1, 2)  # type: ignore[arg-type]  # JSON lists
+    assert TrainConfig(epochs=10, curve=(1, 2)).without_curve() == TrainConfig(epochs=10)
+    assert ladder(10) == [1, 2, 4, 8, 10] and ladder(1) == [1]
+    assert parse_curve("ladder,100s", 8) == ((1, 2, 4, 8), (100,))
+    assert parse_curve("every", 3) == ((1, 2, 3), ())
+    assert parse_curve("", 3) == ((), ())
+    assert TrainConfig(epochs=2, batch_size=100, curve=(1, 2), curve_steps=(1, 999)).record_steps(300) == [1, 3, 6]
+    for bad, message in (("x", "bad curve point 'x'"), ("0", "at least 1"), ("12", "past the run's 10 epochs")):
+        with pytest.raises(NasProxyError, match=message):
+            parse_curve(bad, 10)
