@@ -210,10 +210,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _add_proxies(sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    from nas_proxy.proxies import BUILDERS
+    from nas_proxy.proxies.plugins import plugin_names
     from nas_proxy.space import DEFAULT_ARCH
 
     b = sub.add_parser("build", help="build a proxy training set (coreset or condensed) and save it")
-    b.add_argument("--method", required=True, help="random, herding, kcenter, forgetting, dc, dsa, dm")
+    # Plugin names come from package metadata: listing them imports no plugin.
+    plugins = [n for n in plugin_names() if n not in BUILDERS]
+    listed = ", ".join(BUILDERS) + (f"; plugins: {', '.join(plugins)}" if plugins else "")
+    b.add_argument("--method", required=True, help=listed)
     b.add_argument("--dataset", default="fashionmnist", help="name, .npz file or image-folder root")
     b.add_argument("--ipc", type=int, default=10, metavar="K", help="images per class (default 10)")
     b.add_argument("--seed", type=int, default=0)
