@@ -271,7 +271,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     result = import_proxy(
         args.source, format=args.format, dataset=args.dataset, index=args.index, method=args.method,
         pixels=args.pixels, soft_labels=args.soft_labels, labels=args.labels, keys=keys,
-        build_seconds=args.build_seconds, data_root=args.data_root,
+        build_seconds=args.build_seconds,
     )
     path = save_proxy(result.proxy, args.out)
     m = result.proxy.manifest
@@ -307,7 +307,6 @@ def _add_import(sub: argparse._SubParsersAction[OneLineParser]) -> None:
                    help="soft (N x classes) labels: refuse (default) or argmax")
     p.add_argument("--build-seconds", type=float, default=0.0, metavar="S",
                    help="what the outside build took, for the report's build time (default 0: not known)")
-    p.add_argument("--data-root", default=None, help="folder holding the dataset's files (a non-named dataset only)")
     p.set_defaults(func=_cmd_import)
 
 

@@ -265,6 +265,23 @@ def test_npz_pixel_scale_is_read_from_the_values(tmp_path: Path, make: Any, scal
     assert torch.allclose(proxy.images, want, atol=1e-6)
 
 
+def test_a_users_own_dataset_file_sets_shape_classes_and_statistics(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    data = tmp_path / "mine.npz"  # the user's dataset: 3 classes of 8x8 RGB, NHWC uint8
+    np.savez(data, x_train=rng.integers(0, 256, (30, 8, 8, 3), dtype=np.uint8), y_train=np.arange(30) % 3,
+             x_test=rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8), y_test=np.arange(6) % 3)
+    train, _ = load_dataset(str(data), device="cpu")
+    pixels = rng.integers(0, 256, (6, 3, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "set.npz", images=pixels, labels=np.array([0, 0, 1, 1, 2, 2]))
+    proxy = import_proxy(tmp_path / "set.npz", format="npz", dataset=str(data)).proxy
+    mean, std = torch.tensor(train.mean).view(1, 3, 1, 1), torch.tensor(train.std).view(1, 3, 1, 1)
+    assert torch.allclose(proxy.images, (torch.from_numpy(pixels).float() / 255 - mean) / std, atol=1e-6)
+    assert (proxy.manifest.dataset, proxy.manifest.num_classes, proxy.manifest.ipc) == (str(data), 3, 2)
+    with pytest.raises(NasProxyError, match=r"do not fit .*mine\.npz \(3x8x8\)"):
+        np.savez(tmp_path / "grey.npz", images=pixels[:, 0], labels=np.array([0, 0, 1, 1, 2, 2]))
+        import_proxy(tmp_path / "grey.npz", format="npz", dataset=str(data))
+
+
 def test_npz_without_known_arrays_names_what_it_holds(tmp_path: Path) -> None:
     np.savez(tmp_path / "s.npz", syn=np.zeros((20, 1, 28, 28), np.float32), cls=class_labels(10, 2).numpy())
     with pytest.raises(NasProxyError, match=r"the archive holds 'syn', 'cls': none of the known pairs .*--keys"):

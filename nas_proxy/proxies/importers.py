@@ -69,7 +69,6 @@ class ImportRequest:
     labels: Path | None = None  # tensors: the label file, when not beside the images
     keys: tuple[str, str] | None = None  # npz / dict of tensors: the image and label names
     build_seconds: float = 0.0
-    data_root: str | Path | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -275,14 +274,14 @@ def list_import_formats() -> list[str]:
 # ----------------------------------------------------------------------------- checks
 
 
-def dataset_reference(dataset: str, data_root: str | Path | None = None) -> Split:
+def dataset_reference(dataset: str) -> Split:
     """The dataset a set must fit: a named one's shape, classes, mean and std with no images loaded
-    (a CIFAR-10 set imports offline), else the training split itself."""
+    (a CIFAR-10 set imports offline), else the training split of the .npz file or image folder."""
     info = DATASETS.get(dataset.lower())
     if info is not None:
         empty = torch.empty(0, info.channels, info.size, info.size)
         return Split(empty, torch.empty(0, dtype=torch.long), info.num_classes, info.name, info.mean, info.std)
-    train, _ = load_dataset(dataset, root=data_root, device="cpu")
+    train, _ = load_dataset(dataset, device="cpu")
     return train
 
 
@@ -437,7 +436,6 @@ def import_proxy(
     labels: str | Path | None = None,
     keys: tuple[str, str] | None = None,
     build_seconds: float = 0.0,
-    data_root: str | Path | None = None,
 ) -> ImportResult:
     """Read an outside file safely, check it against ``dataset``, and wrap it as a ProxySet (not saved).
 
@@ -471,10 +469,10 @@ def import_proxy(
     if not path.exists():
         raise NasProxyError(f"source {str(path)!r} does not exist")
     req = ImportRequest(path, format, dataset, index, method, pixels, soft_labels,
-                        None if labels is None else Path(labels).expanduser(), keys, float(build_seconds), data_root)
+                        None if labels is None else Path(labels).expanduser(), keys, float(build_seconds))
 
     raw = IMPORT_FORMATS[format](req)
-    ref = dataset_reference(dataset, data_root)
+    ref = dataset_reference(dataset)
     notes = list(raw.notes)
     x = _to_nchw(raw.images.detach().cpu(), ref, path, notes)
     if x.dtype == torch.bool or x.is_complex():
