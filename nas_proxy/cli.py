@@ -210,10 +210,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _add_proxies(sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    from nas_proxy.proxies import BUILDERS
+    from nas_proxy.proxies.plugins import plugin_names
     from nas_proxy.space import DEFAULT_ARCH
 
     b = sub.add_parser("build", help="build a proxy training set (coreset or condensed) and save it")
-    b.add_argument("--method", required=True, help="random, herding, kcenter, forgetting, dc, dsa, dm")
+    # Plugin names come from package metadata: listing them imports no plugin.
+    plugins = [n for n in plugin_names() if n not in BUILDERS]
+    listed = ", ".join(BUILDERS) + (f"; plugins: {', '.join(plugins)}" if plugins else "")
+    b.add_argument("--method", required=True, help=listed)
     b.add_argument("--dataset", default="fashionmnist", help="name, .npz file or image-folder root")
     b.add_argument("--ipc", type=int, default=10, metavar="K", help="images per class (default 10)")
     b.add_argument("--seed", type=int, default=0)
@@ -247,6 +252,65 @@ def _add_proxies(sub: argparse._SubParsersAction[OneLineParser]) -> None:
 
 
 COMMANDS.append(_add_proxies)
+
+
+# ----------------------------------------------------------------------------- import
+# (section: import)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from nas_proxy.proxies import save_proxy
+    from nas_proxy.proxies.importers import import_proxy
+
+    keys = None
+    if args.keys is not None:
+        parts = tuple(k.strip() for k in args.keys.split(","))
+        if len(parts) != 2 or not all(parts):
+            raise NasProxyError(f"--keys expects IMAGES,LABELS (two array names), got {args.keys!r}")
+        keys = (parts[0], parts[1])
+    result = import_proxy(
+        args.source, format=args.format, dataset=args.dataset, index=args.index, method=args.method,
+        pixels=args.pixels, soft_labels=args.soft_labels, labels=args.labels, keys=keys,
+        build_seconds=args.build_seconds,
+    )
+    path = save_proxy(result.proxy, args.out)
+    m = result.proxy.manifest
+    origin = m.origin or {}
+    where = f", experiment {origin['index']} of {origin['experiments']}" if "experiments" in origin else ""
+    print(f"path:     {path}")
+    print(f"method:   {m.method} (imported: {origin.get('format')}{where})")
+    print(f"source:   {origin.get('source')} (sha256 {origin.get('sha256')})")
+    print(f"images:   {m.images} ({m.ipc} per class x {m.num_classes} classes of {m.dataset})")
+    for note in result.notes:
+        print(f"note:     {note}")
+    print(f"next:     nas-proxy eval-proxy {path}")
+    return 0
+
+
+def _add_import(sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    p = sub.add_parser("import", help="turn a condensed set another tool wrote into a checked proxy file")
+    p.add_argument("source", metavar="SOURCE",
+                   help="the file; tensors: the image file (its label file beside it) or their folder")
+    p.add_argument("--format", required=True, help="dc-official (res_*.pt), tensors (MTT-style .pt), npz")
+    p.add_argument("--dataset", required=True, help="the dataset it was distilled from: name, .npz file or folder")
+    p.add_argument("--out", required=True, metavar="FILE", help="the proxy file to write (.npz)")
+    p.add_argument("--index", type=int, default=None, metavar="K", help="dc-official: the experiment (default 0)")
+    p.add_argument("--method", default=None, metavar="NAME",
+                   help="the name reports show (default: a dc-official file's own, else 'imported')")
+    p.add_argument("--pixels", default="auto", metavar="SCALE",
+                   help="the file's pixel scale: auto (default: the format's convention; npz: from dtype and range), "
+                        "normalized, unit ([0,1]), byte (0..255)")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="tensors: the label file (default: the image file's name with 'images' -> 'labels')")
+    p.add_argument("--keys", default=None, metavar="IMAGES,LABELS", help="npz / dict of tensors: the two names")
+    p.add_argument("--soft-labels", default="refuse", metavar="HOW",
+                   help="soft (N x classes) labels: refuse (default) or argmax")
+    p.add_argument("--build-seconds", type=float, default=0.0, metavar="S",
+                   help="what the outside build took, for the report's build time (default 0: not known)")
+    p.set_defaults(func=_cmd_import)
+
+
+COMMANDS.append(_add_import)
 
 
 # ----------------------------------------------------------------------------- evaluate / runs / report / demo

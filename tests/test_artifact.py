@@ -121,6 +121,7 @@ def test_swapped_labels_fail_the_content_hash(proxy: ProxySet, tmp_path: Path) -
         (lambda m: m.update(indices=[1, 2]), "30 images but 2 training-set indices"),
         (lambda m: m.update(bytes=5), "manifest says 5 bytes"),
         (lambda m: m.update(format_version=99), "format version 99 is newer"),
+        (lambda m: m.update(origin=["x"]), "manifest field origin must be null or object"),
     ],
 )
 def test_wrong_manifest_is_refused_naming_the_fault(
@@ -170,3 +171,11 @@ def test_nan_images_are_refused(proxy: ProxySet, tmp_path: Path) -> None:
 
 def test_with_manifest_replaces_fields(proxy: ProxySet) -> None:
     assert with_manifest(proxy, build_seconds=12.5).manifest.build_seconds == 12.5
+
+
+def test_a_file_written_before_origins_existed_loads_with_none(proxy: ProxySet, tmp_path: Path) -> None:
+    path = save_proxy(proxy, tmp_path / "p.npz")
+    manifest = _manifest(path)
+    assert manifest.pop("origin") is None  # a built proxy has no origin
+    _rewrite(path, manifest=np.array(json.dumps(manifest)))
+    assert load_proxy(path).manifest.origin is None

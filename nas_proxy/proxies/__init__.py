@@ -1,10 +1,14 @@
 """Proxy builders: turn a real dataset into a small training set.
 
 A registry of plain dicts, as torchvision/timm: ``list_builders()``, ``get_builder(name, **params)``.
+``BUILDERS`` holds the built-in builders; installed plugins (entry-point group
+``nas_proxy.builders``, see :mod:`nas_proxy.proxies.plugins`) join them on the registry's first use.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import typing
 from dataclasses import fields
 from typing import Any
@@ -14,21 +18,56 @@ from nas_proxy.proxies.artifact import ProxyManifest, ProxySet, load_proxy, save
 from nas_proxy.proxies.base import ProxyBuilder
 from nas_proxy.proxies.coreset import Forgetting, Herding, KCenter, RandomSelection
 from nas_proxy.proxies.matching import DC, DM, DSA
+from nas_proxy.proxies.plugins import PluginProblem, Plugins, discover
 
 # name -> builder class; each builder module's classes are imported above and listed here.
 _BUILDER_CLASSES: tuple[type[ProxyBuilder], ...] = (RandomSelection, Herding, KCenter, Forgetting, DC, DSA, DM)
 BUILDERS: dict[str, type[ProxyBuilder]] = {cls.name: cls for cls in _BUILDER_CLASSES}
 
+_log = logging.getLogger("nas_proxy.plugins")
+
+
+@functools.cache
+def _plugins() -> Plugins:
+    # Once per process, on first use: plugins are imported only when a builder is asked for.
+    found = discover(BUILDERS)
+    for problem in found.problems:
+        # One line each; without logging configured, Python prints it bare on stderr.
+        _log.warning("warning: %s", problem)
+    return found
+
+
+def reload_plugins() -> tuple[PluginProblem, ...]:
+    """Discover the installed plugins again (after installing one in a running process); their problems."""
+    _plugins.cache_clear()
+    return _plugins().problems
+
+
+def plugin_problems() -> tuple[PluginProblem, ...]:
+    """The entry points that were skipped, each with its one-line reason."""
+    return _plugins().problems
+
+
+def builder_classes() -> dict[str, type[ProxyBuilder]]:
+    """Every available builder by name: the built-ins (``BUILDERS``), then the installed plugins."""
+    return {**BUILDERS, **_plugins().builders}
+
 
 def list_builders() -> list[str]:
-    return list(BUILDERS)
+    return list(builder_classes())
+
+
+def get_builder_class(name: str) -> type[ProxyBuilder]:
+    """The builder class of a method name (a built-in or a plugin); unknown names raise listing the valid ones."""
+    classes = builder_classes()
+    if name not in classes:
+        raise UnknownNameError("proxy method", name, classes)
+    return classes[name]
 
 
 def get_builder(name: str, **params: Any) -> ProxyBuilder:
     """A builder by name; unknown names or hyperparameters raise listing the valid ones."""
-    if name not in BUILDERS:
-        raise UnknownNameError("proxy method", name, BUILDERS)
-    cls = BUILDERS[name]
+    cls = get_builder_class(name)
     unknown = sorted(set(params) - set(cls.param_names()))
     if unknown:
         valid = ", ".join(cls.param_names())
@@ -38,9 +77,7 @@ def get_builder(name: str, **params: Any) -> ProxyBuilder:
 
 def parse_params(name: str, assignments: list[str]) -> dict[str, Any]:
     """``["iterations=50", "init=real"]`` -> typed values, by the builder's field types."""
-    if name not in BUILDERS:
-        raise UnknownNameError("proxy method", name, BUILDERS)
-    cls = BUILDERS[name]
+    cls = get_builder_class(name)
     hints = typing.get_type_hints(cls)
     valid = {f.name for f in fields(cls)}
     out: dict[str, Any] = {}
@@ -81,9 +118,13 @@ __all__ = [
     "ProxyBuilder",
     "ProxyManifest",
     "ProxySet",
+    "builder_classes",
     "get_builder",
+    "get_builder_class",
     "list_builders",
     "load_proxy",
     "parse_params",
+    "plugin_problems",
+    "reload_plugins",
     "save_proxy",
 ]

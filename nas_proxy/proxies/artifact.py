@@ -56,6 +56,9 @@ class ProxyManifest:
     indices: tuple[int, ...] | None = None
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where an imported set came from (format, source file and SHA-256, experiment index, method;
+    # nas_proxy.proxies.importers); None for a set built here.
+    origin: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -106,6 +109,7 @@ _MANIFEST_KINDS: dict[str, str] = {
     "indices": "null or list of ints",
     "format_version": "int",
     "extra": "object",
+    "origin": "null or object",
 }
 
 
@@ -123,6 +127,7 @@ def _is_kind(value: Any, kind: str) -> bool:
         "number": is_number,
         "list of numbers": lambda v: isinstance(v, list) and all(map(is_number, v)),
         "null or list of ints": lambda v: v is None or (isinstance(v, list) and all(map(is_int, v))),
+        "null or object": lambda v: v is None or isinstance(v, dict),
     }
     return checks[kind](value)
 
@@ -163,8 +168,9 @@ def make_proxy_set(
     build_seconds: float,
     indices: torch.Tensor | None = None,
     extra: dict[str, Any] | None = None,
+    origin: dict[str, Any] | None = None,
 ) -> ProxySet:
-    """Wrap built tensors (moved to CPU, float32) with a complete manifest."""
+    """Wrap built (or imported: ``origin``) tensors, moved to CPU as float32, with a complete manifest."""
     from nas_proxy import __version__
 
     images = images.detach().to("cpu", torch.float32).contiguous()
@@ -186,6 +192,7 @@ def make_proxy_set(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         indices=None if indices is None else tuple(int(i) for i in indices.tolist()),
         extra=extra or {},
+        origin=origin,
     )
     proxy = ProxySet(images, labels, manifest)
     validate(proxy, "built proxy")

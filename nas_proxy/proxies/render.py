@@ -90,7 +90,9 @@ def format_manifest(proxy: ProxySet, max_indices: int = 20) -> str:
     m = proxy.manifest
     lines = [f"{'id:':<17} {proxy.id}"]
     for key, value in sorted(_fields(proxy).items()):
-        if key == "params" or key == "extra":
+        if key in ("params", "extra", "origin"):
+            if value is None:
+                continue  # no origin: built here
             lines.append(f"{key + ':':<17} {{}}" if not value else f"{key}:")
             lines += [f"  {k + ':':<15} {v}" for k, v in sorted(value.items())]
             continue
