@@ -6,6 +6,7 @@ Bad input (a :class:`NasProxyError`) prints one ``error: ...`` line and exits 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 
@@ -393,6 +394,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     from nas_proxy.store import open_store
 
     frame = open_store(args.dir).frame()
+    # The learning curve as JSON (empty where a run has none), so a CSV reader gets one plain field.
+    frame["curve"] = [json.dumps(list(c)) if c else "" for c in frame["curve"]]
     frame.to_csv(sys.stdout, index=False)
     return 0
 

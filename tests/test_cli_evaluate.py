@@ -76,6 +76,12 @@ def test_evaluate_runs_report_end_to_end(proxy_file: Path, tmp_path: Path, capsy
         (["--full", "--rankers", "bogus"], "unknown ranker 'bogus'"),
         (["--full", "--scheduler", "tcp://x:1"], "--scheduler needs --backend dask"),
         (["--ground-truth", "nope.csv"], "ground-truth file 'nope.csv' does not exist"),
+        (["--full", "--full-curve", "1,soon"], "bad curve point 'soon'; valid: epochs (4), steps (100s)"),
+        (["--full", "--full-curve", "3"], "curve epoch 3 is past the run's 1 epochs"),
+        (
+            ["--full", "--full-epochs", "4", "--full-curve", "1,2", "--fidelity", "3"],
+            "--fidelity 3 is not recorded: whole-data runs record epochs 1, 2, 4",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -140,3 +146,19 @@ def test_unknown_fast_option_exits_2_naming_the_valid_ones(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown fast option 'warp'") and "channels_last" in err and "\n" not in err
     assert not out.exists()
+
+
+def test_report_fidelity_and_min_topk_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert (
+        main([*BASE, "--full", "--full-epochs", "2", "--full-curve", "1", "--seeds", "0", "1", "--out", str(out)]) == 0
+    )
+    capsys.readouterr()
+    assert main(["report", str(out), "--fidelity", "1", "--bootstrap", "10", "--no-figures"]) == 0
+    assert "whole-data accuracy at **epoch 1**" in capsys.readouterr().out
+    assert main(["report", str(out), "--fidelity", "5", "--no-figures"]) == 2
+    assert "no curve point at epoch 5; valid: 1" in capsys.readouterr().err
+    assert main(["report", str(out), "--min-topk", "0", "--no-figures"]) == 2
+    assert "--min-topk must be at least 1" in capsys.readouterr().err
+    assert main(["ground-truth", str(out), "--out", str(tmp_path / "gt.csv"), "--fidelity", "3"]) == 2
+    assert "no whole-data fidelity of 3 epochs; valid: 1, 2" in capsys.readouterr().err
