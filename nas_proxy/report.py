@@ -46,6 +46,7 @@ from nas_proxy.store import ResultsStore, open_store
 
 KIND_ORDER = {"proxy": 0, "early": 1, "full": 2, "ceiling": 3, "ranker": 4, "combined": 5}
 CEILING_ID = "ceiling:seed-to-seed"
+EARLY_CURVE = "early-curve:"  # id prefix of early stopping read off the whole-data curves
 
 
 @dataclass(frozen=True)
@@ -229,9 +230,13 @@ def build_report(
         truth_label = f"epoch {fidelity}"
     truth = full.scores if full is not None else None
     if full is not None and full.rows is not None:
-        ceiling = _ceiling_column(full, topk, n_boot, seed, min_topk)
+        truth_step = fidelity * per_epoch if fidelity is not None and per_epoch else None
+        ceiling = _ceiling_column(full, truth_step, topk, n_boot, seed, min_topk)
         if ceiling is not None:
             columns.append(ceiling)
+            budgets = protocol.get("configs", {}).get("full", {}).get("curve_steps") or []
+            steps = _proxy_steps(protocol)
+            columns += _early_curve_columns(full, budgets, truth_step, steps, topk, n_boot, seed, min_topk)
         else:
             notes.append("one whole-data seed only: no seed-to-seed ceiling (train --seeds 0 1 for one)")
     arch_ids = sorted({i for c in columns for i in c.scores.index})
@@ -266,7 +271,8 @@ def build_report(
     if base is not None and truth is not None:
         random_label = labels[compared.index(base)]
         for c, label in zip(compared, labels, strict=True):
-            if c is not base and c.kind not in ("full", "ceiling"):
+            # Seed-crossed columns are judged against one seed, not the seed mean: no paired difference.
+            if c is not base and c.kind not in ("full", "ceiling") and not c.id.startswith(EARLY_CURVE):
                 versus.append((label, paired_difference(c.scores, base.scores, truth, n_boot=n_boot, seed=seed)))
     convergence, verdict = pd.DataFrame(), ""
     if full is not None and full.rows is not None:
@@ -318,10 +324,12 @@ def _at_fidelity(full: Column, epoch: int, per_epoch: int | None, where: Path) -
     return replace(full, scores=scores, label=f"{full.label} (epoch {epoch})")
 
 
-def _ceiling_column(full: Column, topk: Sequence[str], n_boot: int, seed: int, min_topk: int) -> Column | None:
-    """Seed A's whole-data ranking judged against seed B's: what no proxy can be expected to beat."""
+def _ceiling_column(
+    full: Column, step: int | None, topk: Sequence[str], n_boot: int, seed: int, min_topk: int
+) -> Column | None:
+    """Seed A's whole-data ranking judged against seed B's (at the truth's fidelity): what no proxy should beat."""
     assert full.rows is not None
-    table = seed_table(full.rows)
+    table = seed_table(full.rows, step=step)
     cmp = seed_to_seed(table, topk=topk, n_boot=n_boot, seed=seed, min_topk=min_topk)
     if cmp is None:
         return None
@@ -338,6 +346,56 @@ def _ceiling_column(full: Column, topk: Sequence[str], n_boot: int, seed: int, m
         comparison=cmp,
         mean_accuracy=float(table[a].mean()),
     )
+
+
+def _early_curve_columns(
+    full: Column,
+    budgets: Sequence[int],
+    truth_step: int | None,
+    proxy_steps: int | None,
+    topk: Sequence[str],
+    n_boot: int,
+    seed: int,
+    min_topk: int,
+) -> list[Column]:
+    """Early stopping read off the whole-data learning curves, one column per recorded step budget.
+
+    Seed A's run stopped after ``step`` SGD steps is judged against seed B's accuracy at the
+    truth's fidelity, never against its own end (which shares its weights and batch order).
+    Its cost is seed A's training time up to that step; its storage the whole training set.
+    """
+    assert full.rows is not None
+    final = seed_table(full.rows, step=truth_step)
+    if final.shape[1] < 2:
+        return []
+    a, b = (int(c) for c in final.columns[:2])
+    rows_a = full.rows[full.rows["seed"] == a]
+    end = truth_step or int(full.rows["steps"].max())
+    out = []
+    for step in sorted(int(s) for s in budgets):
+        if step >= end:
+            continue
+        at = seed_table(full.rows, step=step)
+        if at.empty or a not in at.columns:
+            continue
+        both = pd.concat([at[a].rename("a"), final[b].rename("b")], axis=1).dropna()
+        cmp = compare(both["a"], both["b"], topk=topk, n_boot=n_boot, seed=seed, min_topk=min_topk)
+        frac = (step / rows_a["steps"].clip(lower=1)).clip(upper=1.0)
+        secs = float((rows_a["seconds"] * frac).sum())
+        times = f", {step / proxy_steps:.3g}x a proxy run" if proxy_steps else ""
+        out.append(
+            Column(
+                f"{EARLY_CURVE}{step}",
+                f"early stopping {step} steps{times} (seed {a} vs {b})",
+                "early",
+                both["a"],
+                Cost(secs, math.nan, full.cost.images, full.cost.bytes),
+                {"ok": len(both)},
+                comparison=cmp,
+                mean_accuracy=float(at[a].mean()),
+            )
+        )
+    return out
 
 
 def _proxy_steps(protocol: dict[str, Any]) -> int | None:
@@ -371,6 +429,8 @@ def _pct(x: float) -> str:
 
 def _minutes(seconds: float) -> str:
     # Rankers cost milliseconds and the whole data hours: tiny costs show their seconds.
+    if math.isnan(seconds):
+        return "n/a"
     minutes = seconds / 60
     return f"{minutes:.2f}" if minutes >= 0.01 or seconds == 0 else f"<0.01 ({seconds:.2g} s)"
 
@@ -737,7 +797,9 @@ def write_report(report: Report, out_dir: str | Path | None = None, *, figures: 
     fig_lines = []
     if figures and report.truth is not None:
         for col, label in zip(report.columns, labels, strict=True):
-            if col.kind == "full" or col.comparison is None or col.comparison.n == 0:
+            if col.kind in ("full", "ceiling") or col.comparison is None or col.comparison.n == 0:
+                continue
+            if col.id.startswith(EARLY_CURVE):  # judged against one seed: a scatter on the mean would mislead
                 continue
             path = out / f"scatter-{_safe_name(col.id)}.png"
             _scatter(col, label, report.truth, path)

@@ -431,6 +431,15 @@ def test_curves_flow_from_training_to_ground_truth_file_and_back(
     report = build_report(tmp_path / "a", n_boot=20)
     assert report.convergence["epoch"].tolist() == [0.5, 1.0, 2.0, 3.0]
     assert any(c.kind == "ceiling" for c in report.columns)
+    # Early stopping at the recorded step budget is a column: seed 0's run at step 2 against seed 1's end.
+    early = next(c for c in report.columns if c.id == "early-curve:2")
+    seed0_at2 = {r.arch_id: r.curve[0]["accuracy"] for r in full_rows if r.seed == 0}
+    seed1_end = {r.arch_id: r.accuracy for r in full_rows if r.seed == 1}
+    assert early.scores.to_dict() == seed0_at2 and early.label.startswith("early stopping 2 steps, 0.5x a proxy run")
+    want_rho = compare(pd.Series(seed0_at2), pd.Series(seed1_end), n_boot=0).correlations[("spearman", "all")].value
+    assert early.comparison is not None
+    assert early.comparison.correlations[("spearman", "all")].value == pytest.approx(want_rho, nan_ok=True)
+    assert early.cost.seconds == pytest.approx(sum(r.seconds * 2 / 12 for r in full_rows if r.seed == 0))
     assert [label for label, _ in report.proxy_epochs] == [proxy.label]
     md = report.markdown()
     assert "## The ground truth: convergence" in md and "## Seed noise" in md and "## Proxy epochs" in md
