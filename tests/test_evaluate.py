@@ -344,6 +344,7 @@ def test_demo_runs_end_to_end_on_a_small_config(tmp_path: Path) -> None:
     result = run_demo(tmp_path, config=cfg, n_jobs=1, progress=False)
     assert [p.name for p in result.proxies] == ["synthetic-random-ipc10-s0.npz"]
     assert "| Performance (%) |" in result.markdown and "random ipc10" in result.markdown
+    assert "seed to seed (whole data, seed 0 vs 1)" in result.markdown  # the demo trains two seeds
     assert (tmp_path / "report" / "report.md").exists()
     again = run_demo(tmp_path, config=cfg, n_jobs=1, progress=False)  # resumes: reuses proxies and rows
     assert again.markdown.split("| Time cost")[0] == result.markdown.split("| Time cost")[0]
