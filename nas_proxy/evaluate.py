@@ -812,6 +812,7 @@ def run_evaluation(
     from nas_proxy.data import DATASETS, load_dataset
     from nas_proxy.groundtruth import load_ground_truth
     from nas_proxy.proxies import load_proxy
+    from nas_proxy.proxies.artifact import check_dataset
     from nas_proxy.space import load_space
 
     # Cheap checks first: options, names and files, before any data is loaded.
@@ -854,11 +855,11 @@ def run_evaluation(
 
     train, test = load_dataset(dataset, root=data_root, device=device)
     sources = [proxy_source(p, proxy_cfg, path=path) for p, path in loaded]
-    for src, (_, path) in zip(sources, loaded, strict=True):
-        if src.split.dataset != train.dataset:
-            raise NasProxyError(f"{path} was built from {src.split.dataset!r}, not {train.dataset!r}")
+    for proxy, path in loaded:
+        check_dataset(proxy, train, str(path))  # by content: the same data through any path
     dev = train.device
-    sources = [replace(s, split=s.split.to(dev)) for s in sources]
+    # (A proxy from before content ids, matched by path, trains under the dataset's id now.)
+    sources = [replace(s, split=replace(s.split.to(dev), dataset=train.dataset)) for s in sources]
     if early_stopping:
         sources += early_stopping_sources(sources, train, full_cfg)
     if full:
