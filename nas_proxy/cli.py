@@ -164,7 +164,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
     train, _ = load_dataset(args.dataset, root=args.data_root, device=args.device)
     where = f" ({train.origin})" if train.origin else ""
     stage(f"dataset {train.dataset}{where}: {len(train)} training images", enabled=_proxy_progress(args))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a parent that is a file
+        raise NasProxyError(f"cannot create {out.parent} ({exc.strerror or exc}); choose another --out") from exc
     with exclusive(lock, what, fix):
         if ckpt.exists():
             print(f"resuming from {ckpt}", file=sys.stderr)
@@ -597,6 +600,7 @@ def describe_error(exc: BaseException) -> str:
         where = f": {exc.filename}" if exc.filename is not None else ""
         hints = {errno.ENOSPC: "free some disk space", errno.EACCES: "check its permissions",
                  errno.EPERM: "check its permissions", errno.ENOTDIR: "a part of the path is a file, not a folder",
+                 errno.EEXIST: "a file is in the way of a folder",
                  errno.EROFS: "the file system is read-only", errno.EMFILE: "too many open files"}
         hint = f" ({hints[exc.errno]})" if exc.errno in hints else ""
         return one_line(f"{exc.strerror}{where}{hint}")

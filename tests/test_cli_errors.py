@@ -196,3 +196,15 @@ def test_a_proxy_from_before_content_ids_matches_its_file_by_path(
     assert code == 0 and "accuracy:" in out
     assert "note: p.npz: its manifest is not protected by a hash" in err
     assert "note: p.npz: built before datasets had content ids; matched to mine.npz by its path only" in err
+
+
+def test_outputs_under_a_file_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    code, _, err = run(capsys, "build", "--method", "random", "--dataset", "synthetic", "--ipc", "1",
+                       "--out", str(blocker / "p.npz"), "--no-progress")
+    assert code == 2 and err == f"error: cannot create {blocker} (File exists); choose another --out\n"
+    assert run(capsys, "build", "--method", "random", "--dataset", "synthetic", "--ipc", "1",
+               "--out", str(tmp_path / "p.npz"), "--no-progress")[0] == 0
+    code, _, err = run(capsys, "show", str(tmp_path / "p.npz"), "--out", str(blocker / "grid.png"))
+    assert code == 2 and err.endswith(f"error: File exists: {blocker} (a file is in the way of a folder)\n")
