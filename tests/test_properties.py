@@ -148,7 +148,7 @@ def dataset_arrays(draw: st.DrawFn) -> dict[str, Any]:
                 out[key] = a.astype(draw(st.sampled_from([np.int64, np.float64, np.float16, np.bool_, np.uint16])))
         elif a.size:  # one value: a label of -1, 1e6 or another class; a pixel of NaN, inf or 1e39
             flat = a.astype(np.float64).reshape(-1)
-            values = [-1, 2, 3, 10**6] if key.startswith("y") else [np.nan, np.inf, -np.inf, 1e39, 255]
+            values = [-1, 2, 3, 10**6] if key.startswith("y") else [np.nan, np.inf, -np.inf, 1e39, -3e38, 255]
             flat[draw(st.integers(0, flat.size - 1))] = draw(st.sampled_from(values))
             with np.errstate(all="ignore"):
                 out[key] = flat.reshape(a.shape).astype(a.dtype if key.startswith("y") else np.float64)

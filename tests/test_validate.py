@@ -47,6 +47,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
      r"x_train has 36 NaN or infinite pixel values \(first in image 4\)"),
     ("inf", {"x_test": np.full((6, 6, 6), np.inf)}, "x_test has 216 NaN or infinite"),
     ("float64 beyond float32", {"x_train": np.full((12, 6, 6), 1e300)}, "NaN or infinite"),
+    ("near float32's limit", {"x_test": np.full((6, 6, 6), -3e38, np.float32)}, "too large to normalize"),
     ("empty train", {"x_train": np.zeros((0, 6, 6)), "y_train": np.zeros(0, int)}, r"x_train is empty \(0 images\)"),
     ("empty test", {"x_test": np.zeros((0, 6, 6)), "y_test": np.zeros(0, int)}, "x_test is empty"),
     ("strings", {"x_train": np.full((12, 6, 6), "a")}, "dtype <U1; images must be numbers"),
