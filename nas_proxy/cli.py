@@ -1,16 +1,22 @@
 """``nas-proxy``: argparse wiring only. Each command parses, calls the library, prints.
 
-Bad input (a :class:`NasProxyError`) prints one ``error: ...`` line and exits 2.
+Bad input (a :class:`NasProxyError`) or a bad environment (a file that cannot be written, a
+full disk, no memory) prints one ``error: ...`` line and exits 2. Anything else is a bug: one
+``error: internal error ...`` line and exit 1; ``--debug`` (or ``NAS_PROXY_DEBUG=1``) adds the
+traceback of any error.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
-from nas_proxy.errors import NasProxyError
+from nas_proxy.errors import NasProxyError, one_line
+from nas_proxy.log import debug_enabled, plain_warnings
 
 Command = Callable[[argparse.Namespace], int]
 AddCommand = Callable[["argparse._SubParsersAction[OneLineParser]"], None]
@@ -123,8 +129,8 @@ COMMANDS.append(_add_train)
 
 
 def _proxy_progress(args: argparse.Namespace) -> bool:
-    # A bar only for a person watching: not in logs, pipes or when asked not to.
-    return not args.no_progress and sys.stderr.isatty()
+    # A bar for a person watching; in logs and pipes a line a minute (nas_proxy.log), never silence.
+    return not args.no_progress
 
 
 def default_proxy_path(dataset: str, method: str, ipc: int, seed: int) -> str:
@@ -139,6 +145,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nas_proxy.data import load_dataset
+    from nas_proxy.lock import check_free, exclusive
+    from nas_proxy.log import stage
     from nas_proxy.proxies import get_builder, parse_params, save_proxy
 
     # Validate the method and its settings before loading any data: bad input fails fast.
@@ -151,12 +159,22 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if out.suffix != ".npz":
         out = out.with_name(out.name + ".npz")
     ckpt = out.with_suffix(".ckpt")
+    # One build per output: two would resume from and overwrite one checkpoint.
+    lock, what, fix = out.with_name(out.name + ".lock"), f"proxy {out}", "wait for that build or choose another --out"
+    check_free(lock, what, fix)  # before minutes of loading data
     train, _ = load_dataset(args.dataset, root=args.data_root, device=args.device)
-    if ckpt.exists():
-        print(f"resuming from {ckpt}", file=sys.stderr)
-    proxy = builder.build(train, progress=_proxy_progress(args), checkpoint=ckpt)
-    path = save_proxy(proxy, out)
-    ckpt.unlink(missing_ok=True)  # the proxy is safely on disk; the checkpoint has served
+    where = f" ({train.origin})" if train.origin else ""
+    stage(f"dataset {train.dataset}{where}: {len(train)} training images", enabled=_proxy_progress(args))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a parent that is a file
+        raise NasProxyError(f"cannot create {out.parent} ({exc.strerror or exc}); choose another --out") from exc
+    with exclusive(lock, what, fix):
+        if ckpt.exists():
+            print(f"resuming from {ckpt}", file=sys.stderr)
+        proxy = builder.build(train, progress=_proxy_progress(args), checkpoint=ckpt)
+        path = save_proxy(proxy, out)
+        ckpt.unlink(missing_ok=True)  # the proxy is safely on disk; the checkpoint has served
     m = proxy.manifest
     print(f"path:     {path}")
     print(f"method:   {m.method} ({', '.join(f'{k}={v}' for k, v in sorted(m.params.items()))})")
@@ -168,7 +186,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_eval_proxy(args: argparse.Namespace) -> int:
     from nas_proxy.data import load_dataset
+    from nas_proxy.log import note
     from nas_proxy.proxies import load_proxy
+    from nas_proxy.proxies.artifact import check_dataset, dataset_argument
     from nas_proxy.proxies.scoring import check_compatible, evaluate_proxy, summarize
     from nas_proxy.space import ArchSpec
     from nas_proxy.train import RunOutcome, TrainConfig
@@ -178,7 +198,11 @@ def _cmd_eval_proxy(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs)
     if args.models < 1:
         raise NasProxyError(f"--models must be at least 1, got {args.models}")
-    _, test = load_dataset(args.dataset or proxy.manifest.dataset, root=args.data_root, device=args.device)
+    _, test = load_dataset(args.dataset or dataset_argument(proxy.manifest), root=args.data_root, device=args.device)
+    if args.dataset is None:
+        check_dataset(proxy, test, args.path)  # its own data, unchanged since the build
+    elif test.dataset != proxy.manifest.dataset:
+        note(f"testing on {test.dataset}, not {proxy.manifest.dataset} that {args.path} was built from")
     if args.test_subset is not None:
         test = test.random_subset(args.test_subset, seed=0)  # fixed subset: comparable across proxies
     check_compatible(proxy, test)
@@ -319,7 +343,7 @@ COMMANDS.append(_add_import)
 
 
 def _bar(args: argparse.Namespace) -> bool:
-    # A bar only for a person watching: tqdm itself turns it off when stderr is not a terminal.
+    # A bar for a person watching; in logs and pipes a line a minute (nas_proxy.log).
     return not args.no_progress
 
 
@@ -489,8 +513,9 @@ COMMANDS.append(_add_demo)
 def _cmd_search(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from nas_proxy.data import load_dataset
+    from nas_proxy.data import DATASETS, load_dataset
     from nas_proxy.proxies import load_proxy
+    from nas_proxy.proxies.artifact import check_dataset, dataset_argument
     from nas_proxy.search import (
         best_table,
         best_trials,
@@ -522,7 +547,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     proxy = load_proxy(args.proxy)
     dataset = proxy.manifest.dataset
-    if args.dataset is not None and args.dataset != dataset:
+    named = args.dataset is not None and args.dataset.lower() in DATASETS
+    if named and args.dataset.lower() != dataset:  # own data is compared by content once loaded
         raise NasProxyError(
             f"proxy from another dataset: {args.proxy} was built from {dataset!r}, not {args.dataset!r}"
         )
@@ -534,7 +560,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     options = {"population_size": max(4, min(50, args.n_trials // 5))} if multi else {}
     study = create_study(space, args.sampler, pruner, storage, name, args.seed, multi,
                          user_attrs=attrs, sampler_options=options)
-    train, test = load_dataset(dataset, root=args.data_root, device=args.device)
+    train, test = load_dataset(args.dataset or dataset_argument(proxy.manifest), root=args.data_root,
+                               device=args.device)
+    check_dataset(proxy, train, args.proxy)
     if args.test_subset is not None:
         test = test.random_subset(args.test_subset, seed=0)  # fixed subset: comparable across studies
     objective = make_objective(proxy, test, space=space, epochs=args.epochs, seed=args.seed, config=config,
@@ -566,7 +594,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         full_config = TrainConfig(epochs=args.full_epochs or args.epochs)
         print(f"refit:    top {args.refit_top} on {len(full)} training images, {full_config.epochs} epochs")
         specs = [trial_arch(t) for t in top[: args.refit_top]]
-        refits = refit(specs, full, test, full_config, args.seed, progress=_search_bar(args))
+        refits = refit(specs, full, test, full_config, args.seed, progress=not args.no_progress)
     if gt is not None:
         print(f"truth:    {Path(gt.path)} ({len(gt)} candidates; rank 1 = best)")
     print(best_table(top, ground_truth=gt, refits=refits))
@@ -616,25 +644,72 @@ COMMANDS.append(_add_search)
 
 # ----------------------------------------------------------------------------- wiring
 
+DEBUG_HELP = "on an error, show its traceback too (also NAS_PROXY_DEBUG=1)"
+
+
+def _add_debug(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    # Accepted before and after the command: `nas-proxy --debug evaluate ...` and `... evaluate --debug`.
+    default = False if top else argparse.SUPPRESS  # a subcommand must not reset the top-level flag
+    parser.add_argument("--debug", action="store_true", default=default, help=DEBUG_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_debug(sub, top=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="nas-proxy", description="Rank neural architectures on tiny proxy training sets.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for add in COMMANDS:
         add(sub)
+    _add_debug(parser)
     return parser
+
+
+def _is_environment(exc: BaseException) -> bool:
+    """Errors of the machine, not of our code: files, disks, memory."""
+    if isinstance(exc, OSError | MemoryError):
+        return True
+    return type(exc).__name__ == "OutOfMemoryError"  # torch's CUDA OOM (a RuntimeError)
+
+
+def describe_error(exc: BaseException) -> str:
+    """The one line after ``error: ``: our message as it is, an OS error as what failed and where."""
+    if isinstance(exc, NasProxyError):
+        return one_line(str(exc))
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        hints = {errno.ENOSPC: "free some disk space", errno.EACCES: "check its permissions",
+                 errno.EPERM: "check its permissions", errno.ENOTDIR: "a part of the path is a file, not a folder",
+                 errno.EEXIST: "a file is in the way of a folder",
+                 errno.EROFS: "the file system is read-only", errno.EMFILE: "too many open files"}
+        hint = f" ({hints[exc.errno]})" if exc.errno in hints else ""
+        return one_line(f"{exc.strerror}{where}{hint}")
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return one_line(f"out of memory ({exc}); try fewer --n-jobs, a smaller --sample or --device cpu")
+    return one_line(f"{type(exc).__name__}: {exc}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Command = args.func
-    try:
-        return func(args)
-    except NasProxyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished results are kept; rerun the same command to resume", file=sys.stderr)
-        return 130
+    debug = debug_enabled(args.debug)
+    with plain_warnings():
+        try:
+            return func(args)
+        except KeyboardInterrupt:
+            print("interrupted: finished results are kept; rerun the same command to resume", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            if isinstance(exc, NasProxyError) or _is_environment(exc):
+                print(f"error: {describe_error(exc)}", file=sys.stderr)
+                return 2
+            # A bug: short by default, like the rest, but never passed off as the user's fault.
+            rerun = "" if debug else "; rerun with --debug (or NAS_PROXY_DEBUG=1) for the traceback"
+            print(f"error: internal error ({describe_error(exc)}): a bug, please report it{rerun}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -18,14 +19,20 @@ import numpy as np
 import torch
 
 from nas_proxy.device import resolve_device
-from nas_proxy.errors import DataNotFoundError, NasProxyError, UnknownNameError
+from nas_proxy.errors import DataNotFoundError, NasProxyError, UnknownNameError, one_line
+from nas_proxy.validate import check_classes, check_finite, check_labels, check_same_shape, read_npz, to_nchw
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """Images (N, C, H, W) float32 normalized, labels (N,) int64, and where they came from."""
+    """Images (N, C, H, W) float32 normalized, labels (N,) int64, and where they came from.
+
+    ``dataset`` is the dataset's id: a registered name (``fashionmnist``), or for own data a
+    content hash (``data-3fa2c1d9e0b7``), so the same data is the same dataset through any path
+    and other data at the same path is not.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -33,6 +40,8 @@ class Split:
     dataset: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # Own data: the resolved path it was loaded from (where to find it again); "" otherwise.
+    origin: str = ""
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -98,8 +107,9 @@ DATASETS: dict[str, DatasetInfo] = {
     )
 }
 
-# uint8 (or [0,1] float) arrays, NCHW: x_train, y_train, x_test, y_test.
+# uint8 (or [0,1] float) arrays: x_train, y_train, x_test, y_test (images NCHW once validated).
 RawArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+SPLIT_ARRAYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
 
 
 def list_datasets() -> list[str]:
@@ -177,7 +187,8 @@ def _torchvision_arrays(name: str, root: Path) -> RawArrays:
         return (*load(True), *load(False))
     except Exception as exc:  # network errors come in many types; all mean "not here"
         how = _HOW_TO_GET.get(name, "go online so torchvision can download it, or pass --data-root to its files")
-        raise DataNotFoundError(f"dataset {name!r} not found under {root} and download failed ({exc}); {how}") from exc
+        why = one_line(f"{type(exc).__name__}: {exc}", 240)
+        raise DataNotFoundError(f"dataset {name!r} not found under {root} and download failed ({why}); {how}") from exc
 
 
 def _named_arrays(name: str, root: Path | None) -> RawArrays:
@@ -189,53 +200,54 @@ def _named_arrays(name: str, root: Path | None) -> RawArrays:
 
 
 def _npz_arrays(path: Path) -> RawArrays:
+    f = read_npz(path, SPLIT_ARRAYS, "dataset file")
+    return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """One image file as an (H, W) or (H, W, C) array; palettes and alpha become RGB."""
+    from PIL import Image
+
     try:
-        with np.load(path) as f:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
-            if missing:
-                raise NasProxyError(
-                    f"{path}: missing arrays {', '.join(missing)}; needs x_train, y_train, x_test, y_test"
-                )
-            arrays = [f[k] for k in ("x_train", "y_train", "x_test", "y_test")]
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, NasProxyError):
-            raise
-        raise NasProxyError(f"{path}: not a readable .npz file ({exc})") from exc
-    x_train, y_train, x_test, y_test = arrays
-    return _to_nchw(x_train, path), y_train, _to_nchw(x_test, path), y_test
-
-
-def _to_nchw(x: np.ndarray, source: Path) -> np.ndarray:
-    if x.ndim == 3:
-        return x[:, None]
-    if x.ndim != 4:
-        raise NasProxyError(f"{source}: images must be (N,H,W), (N,H,W,C) or (N,C,H,W), got shape {x.shape}")
-    # Channels are few (1 or 3, at most 4); spatial sides are larger.
-    if x.shape[-1] <= 4 < x.shape[1]:
-        return x.transpose(0, 3, 1, 2)
-    return x
+        with Image.open(path) as im:
+            return np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB"))
+    except Exception as exc:  # PIL raises many types on a damaged or foreign file (even SyntaxError)
+        why = one_line(f"{type(exc).__name__}: {exc}", 160)
+        raise NasProxyError(f"{path}: not a readable image ({why}); remove or replace it") from exc
 
 
 def _folder_arrays(root: Path) -> RawArrays:
-    from PIL import Image
+    def class_dirs(split: str) -> list[str]:
+        return sorted(p.name for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    parts = []
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    classes = class_dirs("train")
     if not classes:
-        raise NasProxyError(f"{root}/train has no class folders")
+        raise NasProxyError(f"{root}/train has no class folders; put each class's images in train/<class>/")
+    foreign = sorted(set(class_dirs("test")) - set(classes))
+    if foreign:
+        raise NasProxyError(
+            f"{root}/test has class folders {', '.join(foreign[:5])} that train/ lacks; "
+            "every class needs training images"
+        )
+    parts = []
     for split in ("train", "test"):
         xs, ys = [], []
         for label, cls in enumerate(classes):
-            for f in sorted((root / split / cls).glob("*")):
-                if f.is_file():
-                    xs.append(np.asarray(Image.open(f)))
-                    ys.append(label)
+            folder = root / split / cls
+            found = folder.glob("*") if folder.is_dir() else ()
+            files = sorted(f for f in found if f.is_file() and not f.name.startswith("."))
+            if split == "train" and not files:
+                raise NasProxyError(f"{folder} holds no images; add some or remove the folder")
+            xs += [_read_image(f) for f in files]
+            ys += [label] * len(files)
         if not xs:
             raise NasProxyError(f"{root}/{split} holds no images in class folders {', '.join(classes)}")
         shapes = {x.shape for x in xs}
         if len(shapes) != 1:
-            raise NasProxyError(f"{root}/{split}: images differ in shape {sorted(shapes)[:3]}; resize them to one size")
-        parts += [_to_nchw(np.stack(xs), root), np.asarray(ys)]
+            raise NasProxyError(
+                f"{root}/{split}: images differ in shape {sorted(shapes)[:3]}; bring them to one size and mode"
+            )
+        parts += [np.stack(xs), np.asarray(ys, dtype=np.int64)]
     x_train, y_train, x_test, y_test = parts
     return x_train, y_train, x_test, y_test
 
@@ -264,14 +276,14 @@ def _cached(key: str, make: Callable[[], RawArrays]) -> RawArrays:
     path = cache_dir() / "decoded" / f"{key}.npz"
     if path.exists():
         try:
-            with np.load(path) as f:
-                return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
-        except (OSError, ValueError, KeyError):
+            f = read_npz(path, SPLIT_ARRAYS, "decoded dataset")
+            return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+        except NasProxyError:
             path.unlink(missing_ok=True)  # a broken cache is rebuilt, never trusted
     arrays = make()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_name(f"{key}.{os.getpid()}.tmp.npz")  # per process: two loads never share one
         np.savez(tmp, x_train=arrays[0], y_train=arrays[1], x_test=arrays[2], y_test=arrays[3])
         tmp.replace(path)
     except OSError:
@@ -279,23 +291,79 @@ def _cached(key: str, make: Callable[[], RawArrays]) -> RawArrays:
     return arrays
 
 
-def _file_key(path: Path) -> str:
-    st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}:{st.st_mtime_ns}:{st.st_size}".encode()).hexdigest()[:16]
+def _source_key(kind: str, path: Path) -> str:
+    """Changes when the file (or any file under the folder) changes: the key of the decoded cache."""
+    h = hashlib.sha256(str(path.resolve()).encode())
+    if kind == "npz":
+        st = path.stat()
+        h.update(f":{st.st_mtime_ns}:{st.st_size}".encode())
+    else:  # a folder's own mtime misses edits inside its class folders: stat every file
+        for folder, subdirs, files in os.walk(path):
+            subdirs.sort()
+            h.update(f"{os.path.relpath(folder, path)}/\n".encode())  # an empty class folder counts too
+            for name in sorted(files):
+                file = os.path.join(folder, name)
+                st = os.stat(file)
+                h.update(f"{os.path.relpath(file, path)}:{st.st_mtime_ns}:{st.st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def content_hash(arrays: RawArrays) -> str:
+    """SHA-256 of the (validated) arrays: dtype, shape and bytes of each, in split order."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
+def _cached_hash(key: str, arrays: RawArrays) -> str:
+    """:func:`content_hash`, cached beside the decoded arrays (hashing 200 MB takes a while)."""
+    path = cache_dir() / "decoded" / f"{key}.sha256"
+    try:
+        text = path.read_text().strip()
+        if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+            return text
+    except OSError:
+        pass
+    digest = content_hash(arrays)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(digest + "\n")
+        tmp.replace(path)
+    except OSError:
+        pass
+    return digest
+
+
+def dataset_id(digest: str) -> str:
+    """``data-<12 hex of the content hash>``: what proxies and results stores call own data.
+
+    The content alone: the same data under any path or file name is one dataset, and other
+    data at a known path is another (where it was is kept beside, as ``Split.origin``).
+    """
+    return f"data-{digest[:12]}"
 
 
 def _scale(x: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.require(x, requirements=["C", "W"]))
-    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+    """Pixels as float32: uint8 to [0, 1]; other numbers as they are (own data's statistics normalize them)."""
+    if x.dtype == np.uint8:
+        return torch.from_numpy(np.require(x, requirements=["C", "W"])).float().div_(255.0)
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e39 becomes inf: check_finite names it
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
-def _labels(y: np.ndarray, source: str, n: int) -> torch.Tensor:
-    y = np.asarray(y).reshape(-1)
-    if y.shape[0] != n:
-        raise NasProxyError(f"{source}: {n} images but {y.shape[0]} labels")
-    if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
-        raise NasProxyError(f"{source}: labels must be non-negative integers")
-    return torch.from_numpy(y.astype(np.int64))
+def checked_arrays(arrays: RawArrays, source: str, num_classes: int | None = None) -> tuple[RawArrays, int]:
+    """Raw arrays as validated NCHW images and int64 labels, and the class count (:mod:`nas_proxy.validate`).
+
+    ``num_classes`` is a named dataset's count; own data has max label + 1 classes.
+    """
+    x_train, x_test = to_nchw(arrays[0], source, "x_train"), to_nchw(arrays[2], source, "x_test")
+    y_train = check_labels(arrays[1], len(x_train), source, "y_train")
+    y_test = check_labels(arrays[3], len(x_test), source, "y_test")
+    classes = check_classes(y_train, y_test, source, num_classes)
+    return (x_train, y_train, x_test, y_test), classes
 
 
 def load_dataset(
@@ -303,11 +371,13 @@ def load_dataset(
     root: str | Path | None = None,
     device: str | torch.device | None = None,
 ) -> tuple[Split, Split]:
-    """``(train, test)`` of a named dataset, a ``.npz`` file or an image folder, normalized.
+    """``(train, test)`` of a named dataset, a ``.npz`` file or an image folder, validated and normalized.
 
     Named datasets: mnist, fashionmnist, svhn, cifar10, cifar100 (torchvision downloads them
     when online; Fashion-MNIST is also found where Debian's ``dataset-fashion-mnist`` put it),
-    and ``synthetic`` (a small learnable set for tests).
+    and ``synthetic`` (a small learnable set for tests). Every source is checked
+    (:mod:`nas_proxy.validate`): bad data raises one :class:`NasProxyError` naming the file, the
+    problem and the fix. Own data's id is its content hash (:func:`dataset_id`).
     """
     kind, path = _source(name)
     dev = resolve_device(device)
@@ -320,32 +390,37 @@ def load_dataset(
         key = (
             kind if root_path is None else f"{kind}-{hashlib.sha256(str(root_path.resolve()).encode()).hexdigest()[:8]}"
         )
-        arrays = _cached(key, lambda: _named_arrays(kind, root_path))
-        label = kind
+        source = kind if root_path is None else f"{kind} under {root_path}"
+        arrays, classes = checked_arrays(_cached(key, lambda: _named_arrays(kind, root_path)), source, info.num_classes)
+        if arrays[0].shape[1] != info.channels:
+            raise NasProxyError(f"{source}: {arrays[0].shape[1]}-channel images, but {kind} has {info.channels}")
+        ident, origin = kind, ""
     else:
         assert path is not None
         reader = _npz_arrays if kind == "npz" else _folder_arrays
-        arrays = _cached(f"{kind}-{_file_key(path)}", lambda: reader(path))
-        label = str(path)
+        key = f"{kind}-{_source_key(kind, path)}"
+        source = str(path)
+        arrays, classes = checked_arrays(_cached(key, lambda: reader(path)), source)
+        ident, origin = dataset_id(_cached_hash(key, arrays)), str(path.resolve())
     x_train, x_test = _scale(arrays[0]), _scale(arrays[2])
-    y_train, y_test = _labels(arrays[1], label, len(x_train)), _labels(arrays[3], label, len(x_test))
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise NasProxyError(
-            f"{label}: train images {tuple(x_train.shape[1:])} and test {tuple(x_test.shape[1:])} differ"
-        )
+    check_finite(x_train, source, "x_train")
+    check_finite(x_test, source, "x_test")
+    check_same_shape(x_train, x_test, source)
     if kind in DATASETS:
-        mean, std, classes = info.mean, info.std, info.num_classes
+        mean, std = info.mean, info.std
     else:
         mean = tuple(x_train.mean(dim=(0, 2, 3)).tolist())
         std = tuple(x_train.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist())
-        classes = int(max(y_train.max(), y_test.max())) + 1
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
-    splits = (
-        Split(((x - m) / s).to(dev), y.to(dev), classes, kind if kind in DATASETS else label, mean, std)
-        for x, y in ((x_train, y_train), (x_test, y_test))
+    train, test = (
+        Split(((x - m) / s).to(dev), torch.from_numpy(y).to(dev), classes, ident, mean, std, origin)
+        for x, y in ((x_train, arrays[1]), (x_test, arrays[3]))
     )
-    train, test = splits
+    # Finite pixels near float32's limit (3e38) still overflow in the mean, the std or x - mean.
+    finite = math.isfinite(sum(mean)) and math.isfinite(sum(std))
+    if not (finite and bool(torch.isfinite(train.images).all()) and bool(torch.isfinite(test.images).all())):
+        raise NasProxyError(f"{source}: pixel values too large to normalize in float32; scale them to [0, 1]")
     return train, test
 
 

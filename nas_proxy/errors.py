@@ -25,3 +25,17 @@ class UnknownNameError(NasProxyError):
 
 class DataNotFoundError(NasProxyError, FileNotFoundError):
     """Data that is not on disk and could not be fetched."""
+
+
+class InUseError(NasProxyError):
+    """A run directory or output that another live process is writing (see :mod:`nas_proxy.lock`)."""
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """``text`` with every run of whitespace (newlines included) as one space, cut at ``limit``.
+
+    The CLI's promise is one ``error:`` line; messages of other libraries (urlopen's, numpy's)
+    embedded in ours may span several.
+    """
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -14,6 +14,7 @@ to the workers once up front.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 
 import torch
 
@@ -30,6 +31,7 @@ from nas_proxy.data import Split
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
 from nas_proxy.fast import FastOptions, group_key, stacks_fused, train_candidates, train_many
+from nas_proxy.log import progress_bar
 from nas_proxy.microbatch import keep_freed_memory
 from nas_proxy.proxies.artifact import ProxySet
 from nas_proxy.space import ArchSpec
@@ -522,6 +524,23 @@ def _dask_client(scheduler: Any, n_jobs: int) -> tuple[Any, bool]:
     return Client(cluster), True  # type: ignore[no-untyped-call]
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _one_writer(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``func`` holding the lock of its ``out_dir`` (:meth:`ResultsStore.lock`), from reading the
+    store's protocol to writing its last row: a second writer on the directory is refused."""
+
+    @functools.wraps(func)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with ResultsStore(cast("str | Path", kwargs["out_dir"])).lock():
+            return func(*args, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def evaluate(
     specs: Sequence[ArchSpec | str],
     sources: Sequence[TrainingSource],
@@ -549,6 +568,7 @@ def evaluate(
 
     Everything is validated before the store is touched: a bad source, a store made under
     another protocol or an impossible option raises :class:`NasProxyError` and changes nothing.
+    The call holds ``out_dir``'s lock: a second writer there gets :class:`nas_proxy.errors.InUseError`.
     Rows are appended (and fsynced) as runs finish, so an interrupted call loses nothing that
     finished and a rerun trains only what is missing. ``ground_truth`` (a
     :class:`nas_proxy.groundtruth.GroundTruth`) supplies the whole-data rows instead of training
@@ -621,11 +641,8 @@ def evaluate(
     jobs = _jobs(ids, sources, seeds)
     pending = [j for j in jobs if j.key not in done]
     counts = {"ok": 0, "diverged": 0, "failed": 0}
-    from tqdm.auto import tqdm
-
-    with tqdm(
-        total=len(pending), desc="evaluate", unit="run", disable=None if progress else True, dynamic_ncols=True
-    ) as bar:
+    # A bar at a terminal; elsewhere a line a minute, so a batch log shows it is alive.
+    with progress_bar(len(pending), "evaluate", "run", enabled=progress) as bar:
         on_gpu = torch.device(dev).type == "cuda"
         batch = on_gpu if batch_seeds is None else batch_seeds
         together = on_gpu if batch_candidates is None else batch_candidates
@@ -801,6 +818,7 @@ def run_evaluation(
     from nas_proxy.data import DATASETS, load_dataset
     from nas_proxy.groundtruth import load_ground_truth
     from nas_proxy.proxies import load_proxy
+    from nas_proxy.proxies.artifact import check_dataset
     from nas_proxy.space import load_space
 
     # Cheap checks first: options, names and files, before any data is loaded.
@@ -817,6 +835,7 @@ def run_evaluation(
         raise NasProxyError("--early-stopping trains as many steps as a proxy run: give at least one --proxy")
     if full and ground_truth:
         raise NasProxyError("give either --full (train the ground truth) or --ground-truth FILE, not both")
+    ResultsStore(out_dir).check_unlocked()  # another writer there: say so before loading anything
     search_space = load_space(space)
     ids = [s.id for s in search_space.select(sample=sample, seed=sample_seed, pattern=pattern)]
     loaded = [(load_proxy(p), Path(p)) for p in proxies]
@@ -850,11 +869,11 @@ def run_evaluation(
 
     train, test = load_dataset(dataset, root=data_root, device=device)
     sources = [proxy_source(p, proxy_cfg, path=path) for p, path in loaded]
-    for src, (_, path) in zip(sources, loaded, strict=True):
-        if src.split.dataset != train.dataset:
-            raise NasProxyError(f"{path} was built from {src.split.dataset!r}, not {train.dataset!r}")
+    for proxy, path in loaded:
+        check_dataset(proxy, train, str(path))  # by content: the same data through any path
     dev = train.device
-    sources = [replace(s, split=s.split.to(dev)) for s in sources]
+    # (A proxy from before content ids, matched by path, trains under the dataset's id now.)
+    sources = [replace(s, split=replace(s.split.to(dev), dataset=train.dataset)) for s in sources]
     if early_stopping:
         sources += early_stopping_sources(sources, train, full_cfg)
     if full:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from nas_proxy.errors import NasProxyError
 from nas_proxy.space import ArchSpec
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -59,7 +60,9 @@ class ConvNet(nn.Module):
             pool = POOLS[spec.pool]
             if pool is not None:
                 if size < 2:
-                    raise ValueError(f"{spec.id}: a {image_size}px input is too small for {spec.depth} pooled blocks")
+                    raise NasProxyError(  # bad input (a dataset of tiny images), not a bug
+                        f"{spec.id}: a {image_size}px input is too small for {spec.depth} pooled blocks"
+                    )
                 layers.append(pool())
                 size //= 2
         self.features = nn.Sequential(*layers)

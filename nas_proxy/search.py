@@ -501,17 +501,18 @@ def refit(
     on_result: Callable[[Refit], None] | None = None,
 ) -> list[Refit]:
     """Train each architecture on ``train`` (e.g. the whole training set) and score it on ``test``."""
-    from tqdm.auto import tqdm
-
+    from nas_proxy.log import progress_bar
     from nas_proxy.train import train_and_evaluate
 
     out: list[Refit] = []
-    for spec in tqdm(specs, desc="refit", unit="arch", disable=not progress):
-        o = train_and_evaluate(spec, train, test, config, seed)
-        r = Refit(spec.id, o.accuracy, o.seconds, o.status)
-        out.append(r)
-        if on_result is not None:
-            on_result(r)
+    with progress_bar(len(specs), "refit", "arch", enabled=progress) as bar:
+        for spec in specs:
+            o = train_and_evaluate(spec, train, test, config, seed)
+            r = Refit(spec.id, o.accuracy, o.seconds, o.status)
+            out.append(r)
+            bar.update(1)
+            if on_result is not None:
+                on_result(r)
     return out
 
 

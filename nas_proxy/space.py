@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from nas_proxy.errors import NasProxyError, UnknownNameError
+from nas_proxy.errors import NasProxyError, UnknownNameError, one_line
 
 FAMILY = "ConvNet"
 
@@ -241,12 +241,15 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
             raise UnknownNameError("search space", str(name_or_path), list_spaces())
         path = found[0]
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise NasProxyError(f"cannot read search space {str(path)!r}: {exc}") from exc
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:  # a binary file is not TOML either
+        raise NasProxyError(f"cannot read search space {str(path)!r}: {one_line(str(exc), 200)}") from exc
     axes = data.get("axes")
     if not isinstance(axes, dict):
         raise NasProxyError(f"search space {str(path)!r} has no [axes] table")
+    for axis, values in axes.items():
+        if not isinstance(values, list):
+            raise NasProxyError(f"search space {str(path)!r}: axis {axis} must be a list of values, got {values!r:.40}")
     try:
         return SearchSpace(
             name=str(data.get("name", path.stem)),

@@ -19,6 +19,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from nas_proxy.errors import NasProxyError
+from nas_proxy.lock import LOCK_NAME, Holder, check_free, exclusive
 
 RUNS_FILE = "runs.jsonl"
 SCORES_FILE = "scores.jsonl"
@@ -235,7 +237,7 @@ class ResultsStore:
     """A run directory: rows of training runs and scores, plus the protocol that gives them meaning.
 
     Only the process that owns the store writes to it (joblib and Dask workers return rows to
-    it); two ``evaluate`` processes on one directory at once are not supported.
+    it); a writer holds :meth:`lock`, so a second ``evaluate`` on the same directory is refused.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -256,6 +258,45 @@ class ResultsStore:
 
     def exists(self) -> bool:
         return self.protocol_path.exists() or self.runs_path.exists()
+
+    @contextmanager
+    def lock(self) -> Iterator[Holder | None]:
+        """Hold the directory for writing (created if missing); a second writer gets :class:`InUseError`.
+
+        Yields the holder that was killed while holding it, if any (its rows are kept; resuming
+        trains only what is missing). Folders created here and still empty at the end (the
+        writer refused its input before writing) are removed again: bad input leaves no trace.
+        """
+        created = []
+        d = self.root
+        while not d.exists() and d != d.parent:
+            created.append(d)
+            d = d.parent
+        self._mkdir()
+        try:
+            with exclusive(self.root / LOCK_NAME, *self._lock_words()) as stale:
+                yield stale
+        finally:
+            for folder in created:  # deepest first; stops at the first one holding something
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+    def check_unlocked(self) -> None:
+        """Raise :class:`InUseError` now if another process writes here: before loading any data."""
+        check_free(self.root / LOCK_NAME, *self._lock_words())
+
+    def _lock_words(self) -> tuple[str, str]:
+        return f"run directory {self.root}", "wait for it or use another --out"
+
+    def _mkdir(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. a parent that is a file: one line, not a traceback
+            raise NasProxyError(
+                f"cannot create run directory {self.root} ({exc.strerror or exc}); choose another --out"
+            ) from exc
 
     # -- runs
 
@@ -321,11 +362,11 @@ class ResultsStore:
         return data
 
     def write_protocol(self, protocol: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._mkdir()
         write_json_atomic(self.protocol_path, protocol)
 
     def _prepare(self, path: Path) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._mkdir()
         if path not in self._checked_tails:
             _cut_torn_tail(path)
             self._checked_tails.add(path)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -428,9 +427,9 @@ def score_space(
     ``names`` may be a list or a ``parse_rankers`` string. Resumable: ``(ranker, arch_id)`` pairs in
     ``skip`` are not recomputed, and ``on_result`` sees each score as soon as it exists (append it
     to a results file there), so a Ctrl-C loses at most the candidate in flight. Returns the new
-    scores in (spec, ranker) order. A tqdm bar shows rate and ETA when ``progress`` and on a TTY.
+    scores in (spec, ranker) order. A tqdm bar shows rate and ETA when ``progress`` (log lines outside a terminal).
     """
-    from tqdm.auto import tqdm
+    from nas_proxy.log import progress_bar
 
     rankers = parse_rankers(names)
     images, labels = batch
@@ -438,8 +437,7 @@ def score_space(
     todo = [(s, rs) for s, rs in todo if rs]
     results: list[RankerScore] = []
     total = sum(len(rs) for _, rs in todo)
-    disable = not progress or not sys.stderr.isatty()
-    with tqdm(total=total, desc="zero-cost", unit="score", disable=disable) as bar:
+    with progress_bar(total, "zero-cost", "score", enabled=progress) as bar:
         for spec, pending in todo:
             arch_id = _arch_id(spec)
             try:

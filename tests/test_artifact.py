@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,8 +12,9 @@ import torch
 
 from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError
+from nas_proxy.log import Note
 from nas_proxy.proxies import ProxySet, get_builder, load_proxy, save_proxy
-from nas_proxy.proxies.artifact import content_hash, with_manifest
+from nas_proxy.proxies.artifact import content_hash, manifest_hash, with_manifest
 
 
 @pytest.fixture
@@ -28,9 +31,9 @@ def _rewrite(path: Path, **arrays: np.ndarray) -> None:
         np.savez(out, **data)
 
 
-def _manifest(path: Path) -> dict[str, object]:
+def _manifest(path: Path) -> dict[str, Any]:
     with np.load(path) as f:
-        out: dict[str, object] = json.loads(str(f["manifest"]))
+        out: dict[str, Any] = json.loads(str(f["manifest"]))
     return out
 
 
@@ -130,10 +133,35 @@ def test_wrong_manifest_is_refused_naming_the_fault(
     path = save_proxy(proxy, tmp_path / "p.npz")
     manifest = _manifest(path)
     change(manifest)  # type: ignore[operator]
+    # Sealed again after the edit, so the checks behind the manifest hash are the ones that speak.
+    manifest["manifest_hash"] = manifest_hash(manifest)
     _rewrite(path, manifest=np.array(json.dumps(manifest)))
     with pytest.raises(NasProxyError, match=message) as err:
         load_proxy(path)
     assert str(path) in str(err.value)
+
+
+def test_an_edited_manifest_fails_its_hash(proxy: ProxySet, tmp_path: Path) -> None:
+    path = save_proxy(proxy, tmp_path / "p.npz")
+    manifest = _manifest(path)
+    manifest["dataset"] = "mnist"  # images, labels and their content hash untouched
+    _rewrite(path, manifest=np.array(json.dumps(manifest)))
+    with pytest.raises(NasProxyError, match="manifest hash mismatch: the manifest was edited after saving"):
+        load_proxy(path)
+
+
+def test_a_file_from_before_manifest_hashes_loads_with_a_note(proxy: ProxySet, tmp_path: Path) -> None:
+    path = save_proxy(proxy, tmp_path / "p.npz")
+    manifest = _manifest(path)
+    del manifest["manifest_hash"], manifest["dataset_origin"]  # as nas-proxy 0.1.0 wrote it
+    _rewrite(path, manifest=np.array(json.dumps(manifest)))
+    with pytest.warns(Note, match="manifest is not protected by a hash"):
+        old = load_proxy(path)
+    assert old.id == proxy.id and torch.equal(old.images, proxy.images)
+    save_proxy(old, path)  # re-saved: sealed, and no note any more
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_proxy(path).manifest == proxy.manifest
 
 
 def test_manifest_not_json_and_not_a_proxy_file(proxy: ProxySet, tmp_path: Path) -> None:
@@ -177,5 +205,6 @@ def test_a_file_written_before_origins_existed_loads_with_none(proxy: ProxySet, 
     path = save_proxy(proxy, tmp_path / "p.npz")
     manifest = _manifest(path)
     assert manifest.pop("origin") is None  # a built proxy has no origin
+    manifest.pop("manifest_hash")  # files from before origins had no manifest hash either
     _rewrite(path, manifest=np.array(json.dumps(manifest)))
     assert load_proxy(path).manifest.origin is None

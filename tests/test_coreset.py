@@ -250,6 +250,24 @@ class _Interrupt:
             raise KeyboardInterrupt
 
 
+def test_training_checkpoints_after_its_first_step(tiny_data: tuple[Split, Split], tmp_path: Path) -> None:
+    # A kill -9 (here: an error, which saves nothing on its way out) in the first minute keeps step 1.
+    train, _ = tiny_data
+    ckpt = tmp_path / "run.ckpt"
+
+    def die_at_step_3(idx: torch.Tensor, _logits: torch.Tensor) -> None:
+        die_at_step_3.calls += 1  # type: ignore[attr-defined]
+        if die_at_step_3.calls == 3:  # type: ignore[attr-defined]
+            raise RuntimeError("killed")
+
+    die_at_step_3.calls = 0  # type: ignore[attr-defined]
+    model = build_model(SMALL, 1, 28, 10, seed=0)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_resumable(model, train, TrainConfig(epochs=1, batch_size=64), 0, key="k", checkpoint=ckpt,
+                        on_batch=die_at_step_3)
+    assert int(torch.load(ckpt, weights_only=True)["step"]) == 1
+
+
 @pytest.mark.parametrize("where", ["forward", "update"])
 def test_interrupted_training_resumes_bit_for_bit(tiny_data: tuple[Split, Split], tmp_path: Path, where: str) -> None:
     train, _ = tiny_data

@@ -276,7 +276,9 @@ def test_a_users_own_dataset_file_sets_shape_classes_and_statistics(tmp_path: Pa
     proxy = import_proxy(tmp_path / "set.npz", format="npz", dataset=str(data)).proxy
     mean, std = torch.tensor(train.mean).view(1, 3, 1, 1), torch.tensor(train.std).view(1, 3, 1, 1)
     assert torch.allclose(proxy.images, (torch.from_numpy(pixels).float() / 255 - mean) / std, atol=1e-6)
-    assert (proxy.manifest.dataset, proxy.manifest.num_classes, proxy.manifest.ipc) == (str(data), 3, 2)
+    # Own data is identified by content (its id), and the manifest remembers where the file was.
+    assert (proxy.manifest.dataset, proxy.manifest.num_classes, proxy.manifest.ipc) == (train.dataset, 3, 2)
+    assert train.dataset.startswith("data-") and proxy.manifest.dataset_origin == str(data.resolve())
     with pytest.raises(NasProxyError, match=r"do not fit .*mine\.npz \(3x8x8\)"):
         np.savez(tmp_path / "grey.npz", images=pixels[:, 0], labels=np.array([0, 0, 1, 1, 2, 2]))
         import_proxy(tmp_path / "grey.npz", format="npz", dataset=str(data))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +230,33 @@ def test_an_interrupted_build_resumes_to_the_same_images(
     monkeypatch.setattr(M, "_on_iteration", _interrupt_after(-1))
     again = _tiny(name, iterations=4).build(data, checkpoint=ckpt)
     assert torch.equal(again.images, whole.images)
+
+
+KILL_DURING_BUILD = """
+import os, signal, sys
+import torch
+from nas_proxy.data import make_synthetic
+from nas_proxy.proxies import get_builder
+from nas_proxy.proxies import matching as M
+
+torch.set_num_threads(1)  # as the test process: bit-identical iterations
+M._on_iteration = lambda done: os.kill(os.getpid(), signal.SIGKILL) if done == 2 else None
+train, _ = make_synthetic(num_classes=4, train_per_class=12, test_per_class=1, size=16, noise=0.5, seed=3)
+settings = dict(ipc=2, seed=0, iterations=4, arch=sys.argv[2], outer_loop=2, inner_loop=2, batch_real=8)
+get_builder("dc", **settings).build(train, checkpoint=sys.argv[1])
+"""
+
+
+def test_a_kill_9_in_the_first_minute_keeps_the_first_iteration(data: Split, tmp_path: Path) -> None:
+    # The first checkpoint used to come a minute into the loop: a kill before it lost everything.
+    ckpt = tmp_path / "build.ckpt"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_BUILD, str(ckpt), ARCH], env=env, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 1
+    resumed = _tiny("dc", iterations=4).build(data, checkpoint=ckpt)
+    assert torch.equal(resumed.images, _tiny("dc", iterations=4).build(data).images)
 
 
 def test_periodic_checkpoints(data: Split, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

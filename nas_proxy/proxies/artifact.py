@@ -1,15 +1,16 @@
 """ProxySet: a small training set with a manifest, saved as one ``.npz`` file and validated on load.
 
 The file holds ``images`` (N, C, H, W float32, normalized space), ``labels`` (N int64) and
-``manifest`` (a JSON string). Loading checks the manifest's fields, shapes, class balance and a
-SHA-256 content hash, and names the file and the fault in every error, so a truncated or edited
-file never loads silently.
+``manifest`` (a JSON string). Loading checks the manifest's fields, shapes, class balance, a
+SHA-256 content hash of images and labels, and a SHA-256 of the manifest itself
+(``manifest_hash``), and names the file and the fault in every error, so a truncated or edited
+file never loads silently. Files from before manifest hashes still load, with a note that
+their manifest is unprotected.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -20,8 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas_proxy.data import Split
-from nas_proxy.errors import NasProxyError
+from nas_proxy.data import DATASETS, Split
+from nas_proxy.errors import NasProxyError, one_line
+from nas_proxy.log import note
+from nas_proxy.validate import read_npz
 
 FORMAT_VERSION = 1
 
@@ -59,18 +62,33 @@ class ProxyManifest:
     # Where an imported set came from (format, source file and SHA-256, experiment index, method;
     # nas_proxy.proxies.importers); None for a set built here.
     origin: dict[str, Any] | None = None
+    # Own data: the resolved path of the dataset file at build time, where eval-proxy and search
+    # look for it ("" for named datasets; ``dataset`` is what must match, by content).
+    dataset_origin: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The manifest as JSON, sealed with ``manifest_hash`` (a SHA-256 of every other field)."""
+        data = json.loads(json.dumps(asdict(self)))  # as a reader will see it: tuples are lists
+        return json.dumps({**data, "manifest_hash": manifest_hash(data)}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, source: str) -> ProxyManifest:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise NasProxyError(f"{source}: manifest is not valid JSON ({exc})") from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise NasProxyError(f"{source}: manifest is not valid JSON ({one_line(str(exc), 120)})") from exc
         if not isinstance(data, dict):
             raise NasProxyError(f"{source}: manifest must be a JSON object")
+        sealed = data.pop("manifest_hash", None)
+        if sealed is None:
+            note(
+                f"{source}: its manifest is not protected by a hash (a file from before manifest hashes), so "
+                "an edit to it would go unnoticed; re-save it to protect it: save_proxy(load_proxy(p), p)"
+            )
+        elif sealed != manifest_hash(data):
+            raise NasProxyError(
+                f"{source}: manifest hash mismatch: the manifest was edited after saving; rebuild the proxy"
+            )
         names = {f.name for f in fields(cls)}
         required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
         missing = sorted(required - data.keys())
@@ -88,6 +106,12 @@ class ProxyManifest:
         if data.get("indices") is not None:
             data["indices"] = tuple(data["indices"])
         return cls(**data)
+
+
+def manifest_hash(fields: dict[str, Any]) -> str:
+    """SHA-256 of a manifest's fields (without ``manifest_hash``) as canonical JSON."""
+    body = {k: v for k, v in fields.items() if k != "manifest_hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 # JSON kind of each manifest field: an edited manifest fails here, naming the field.
@@ -110,6 +134,7 @@ _MANIFEST_KINDS: dict[str, str] = {
     "format_version": "int",
     "extra": "object",
     "origin": "null or object",
+    "dataset_origin": "str",
 }
 
 
@@ -193,6 +218,7 @@ def make_proxy_set(
         indices=None if indices is None else tuple(int(i) for i in indices.tolist()),
         extra=extra or {},
         origin=origin,
+        dataset_origin=source.origin,
     )
     proxy = ProxySet(images, labels, manifest)
     validate(proxy, "built proxy")
@@ -248,27 +274,45 @@ def save_proxy(proxy: ProxySet, path: str | Path) -> Path:
 
 
 def load_proxy(path: str | Path) -> ProxySet:
-    """Load and validate a proxy file; every error names the file and what is wrong."""
+    """Load and validate a proxy file; every error names the file and what is wrong. Never unpickles."""
     path = Path(path)
     if not path.is_file():
         raise NasProxyError(f"proxy file {str(path)!r} does not exist")
-    try:
-        raw = path.read_bytes()
-        with np.load(io.BytesIO(raw), allow_pickle=False) as f:
-            missing = [k for k in ("images", "labels", "manifest") if k not in f.files]
-            if missing:
-                raise NasProxyError(f"{path}: not a proxy file (missing {', '.join(missing)})")
-            images, labels, manifest_text = f["images"], f["labels"], str(f["manifest"])
-    except NasProxyError:
-        raise
-    except Exception as exc:  # numpy's parsers raise many types on damaged bytes (e.g. tokenize.TokenError)
-        raise NasProxyError(f"{path}: corrupted or truncated proxy file ({type(exc).__name__}: {exc})") from exc
+    f = read_npz(path, ("images", "labels", "manifest"), "proxy file")
+    images, labels = f["images"], f["labels"]
     if images.dtype != np.float32 or labels.dtype != np.int64:
         raise NasProxyError(f"{path}: expected float32 images and int64 labels, got {images.dtype} and {labels.dtype}")
-    manifest = ProxyManifest.from_json(manifest_text, str(path))
+    if f["manifest"].ndim != 0 or f["manifest"].dtype.kind != "U":
+        raise NasProxyError(f"{path}: manifest must be one JSON string, got a {f['manifest'].dtype} array")
+    manifest = ProxyManifest.from_json(str(f["manifest"]), str(path))
     proxy = ProxySet(torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()), manifest)
     validate(proxy, str(path))
     return proxy
+
+
+def dataset_argument(manifest: ProxyManifest) -> str:
+    """What to give ``load_dataset`` for the data a proxy was built from: its name, or its file."""
+    return manifest.dataset_origin or manifest.dataset
+
+
+def check_dataset(proxy: ProxySet, split: Split, source: str) -> None:
+    """Raise unless ``split`` is the dataset ``proxy`` was built from: the same id, so the same content.
+
+    Proxies from before content ids recorded own data by the path typed at build time; they
+    match a dataset loaded from that file, with a note (a different file there would pass).
+    """
+    m = proxy.manifest
+    if m.dataset == split.dataset:
+        return
+    legacy = not m.dataset_origin and m.dataset.lower() not in (*DATASETS, "synthetic")
+    if legacy and split.origin and Path(m.dataset).expanduser().resolve() == Path(split.origin):
+        note(f"{source}: built before datasets had content ids; matched to {m.dataset} by its path only")
+        return
+    where = f" (from {m.dataset_origin})" if m.dataset_origin else ""
+    raise NasProxyError(
+        f"{source} was built from dataset {m.dataset!r}{where}, not {split.dataset!r}: other data, or the file "
+        "changed since the build; give the dataset it was built from"
+    )
 
 
 def with_manifest(proxy: ProxySet, **changes: Any) -> ProxySet:

@@ -9,8 +9,9 @@ forgetting caches its counts the same way (:func:`load_cached` / :func:`save_cac
 and ipc 10 share one training.
 
 :func:`train_resumable` is the one training loop both this module and forgetting use: the
-reference protocol (``TrainConfig``), a per-batch hook, a tqdm bar, and a checkpoint written
-every epoch, every minute and on Ctrl-C, from which a rerun continues bit-for-bit.
+reference protocol (``TrainConfig``), a per-batch hook, a tqdm bar (log lines outside a
+terminal), and a checkpoint written after the first step, then every epoch, every minute and on
+Ctrl-C, from which a rerun continues bit-for-bit.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 
 from nas_proxy.data import Split, cache_dir
 from nas_proxy.errors import NasProxyError
+from nas_proxy.log import progress_bar
 from nas_proxy.microbatch import cross_entropy_backward, training_micro_batch
 from nas_proxy.models import build_model
 from nas_proxy.proxies.artifact import content_hash
@@ -121,10 +123,9 @@ def train_resumable(
         }
         _save_atomic(blob, checkpoint)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(total, desc, "step", enabled=progress, initial=step, leave=False)
     last_save = time.perf_counter()
+    first_step = step + 1  # saved at once: a kill -9 in the first minute must not lose it all
     loss = torch.zeros(())
     # True from the optimizer step until the counters catch up: a Ctrl-C landing there would
     # save weights one step ahead of the counters, so that one keeps the previous checkpoint.
@@ -161,7 +162,7 @@ def train_resumable(
                 bar.update(1)
                 if progress and step % 20 == 0:
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}", epoch=epoch + 1)
-                if time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
+                if step == first_step or time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
                     save()
                     last_save = time.perf_counter()
             if not bool(torch.isfinite(loss)):

@@ -274,6 +274,11 @@ def list_import_formats() -> list[str]:
 # ----------------------------------------------------------------------------- checks
 
 
+def _shown(ref: Split) -> str:
+    """How an error names the dataset: own data by its file (its id is a content hash), else its name."""
+    return ref.origin or ref.dataset
+
+
 def dataset_reference(dataset: str) -> Split:
     """The dataset a set must fit: a named one's shape, classes, mean and std with no images loaded
     (a CIFAR-10 set imports offline), else the training split of the .npz file or image folder."""
@@ -316,7 +321,7 @@ def _to_nchw(x: torch.Tensor, ref: Split, source: Path, notes: list[str]) -> tor
         notes.append("images were channels-last (N, H, W, C): transposed to (N, C, H, W)")
         return x.permute(0, 3, 1, 2).contiguous()
     raise NasProxyError(
-        f"{source}: images of shape {tuple(x.shape)} do not fit {ref.dataset} ({c}x{h}x{w}): "
+        f"{source}: images of shape {tuple(x.shape)} do not fit {_shown(ref)} ({c}x{h}x{w}): "
         f"expected (N, {c}, {h}, {w}) or (N, {h}, {w}, {c})"
     )
 
@@ -397,7 +402,7 @@ def _normalize(x: torch.Tensor, scale: str, why: str, ref: Split, notes: list[st
     x = x.to(torch.float32)
     mean = torch.tensor(ref.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(ref.std, dtype=torch.float32).view(1, -1, 1, 1)
-    stats = f"{ref.dataset}'s mean {_fmt(mean.flatten(), 4)} and std {_fmt(std.flatten(), 4)}"
+    stats = f"{_shown(ref)}'s mean {_fmt(mean.flatten(), 4)} and std {_fmt(std.flatten(), 4)}"
     if scale == "normalized":
         notes.append(f"images taken as normalized with {stats} ({why})")
         return x
@@ -413,7 +418,7 @@ def _range_note(x: torch.Tensor, ref: Split, lo: torch.Tensor, hi: torch.Tensor,
     xmin, xmax, mean, std = _channel_stats(x)
     outside = ((x < lo.view(1, -1, 1, 1)) | (x > hi.view(1, -1, 1, 1))).float().mean().item()
     notes.append(
-        f"values {_fmt(xmin)}..{_fmt(xmax)} (real {ref.dataset} images: {_fmt(lo)}..{_fmt(hi)}), "
+        f"values {_fmt(xmin)}..{_fmt(xmax)} (real {_shown(ref)} images: {_fmt(lo)}..{_fmt(hi)}), "
         f"{100 * outside:.1f}% outside; per-channel mean {_fmt(mean)}, std {_fmt(std)}"
     )
     # Learned images drift beyond the real range (they are not clipped), but not by orders of magnitude.

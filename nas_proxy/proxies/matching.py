@@ -15,8 +15,9 @@ The pieces are pure functions (``distance``, ``gradient_matching_step``,
 ``distribution_matching_step``); the builders own the loop. That loop keeps the data on its
 device, draws every random choice from one seeded CPU ``torch.Generator`` (so a seed gives the
 same images on any device, and bit-identical ones on CPU), reads the loss back to the host only
-every few iterations, shows a tqdm bar, and checkpoints: every minute and on Ctrl-C it saves the
-state at the last iteration boundary, and a rerun with the same checkpoint path resumes to the
+every few iterations, shows a tqdm bar (plain log lines outside a terminal), and checkpoints:
+after the first iteration, then every minute and on Ctrl-C it saves the state at the last
+iteration boundary, and a rerun with the same checkpoint path resumes to the
 exact images an uninterrupted run would give.
 """
 
@@ -36,6 +37,7 @@ from torch import nn
 
 from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError
+from nas_proxy.log import progress_bar
 from nas_proxy.microbatch import cross_entropy_backward, cross_entropy_grad, micro_batch_size, training_micro_batch
 from nas_proxy.models import ConvNet, build_model
 from nas_proxy.proxies.augment import AugParams, apply, augment, default_strategy, parse_strategy, sample_params
@@ -442,23 +444,15 @@ def run_synthesis(
         }
         _save_atomic(blob, ctx.checkpoint)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=iterations,
-        initial=start_it,
-        desc=builder.name,
-        unit="it",
-        disable=not ctx.progress,
-        dynamic_ncols=True,
-        leave=False,
-    )
+    bar = progress_bar(iterations, f"build {builder.name}", "it", enabled=ctx.progress, initial=start_it, leave=False)
     last_save = time.perf_counter()
     snap = snapshot(start_it)
     try:
         for it in range(start_it, iterations):
             snap = snapshot(it)  # the state a Ctrl-C during this iteration falls back to
-            if time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
+            # After the first iteration, then every minute: a kill -9 loses at most one interval
+            # (a first save only after a minute lost every iteration before it).
+            if it == start_it + 1 or time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
                 save(snap)
                 last_save = time.perf_counter()
             window += step()

@@ -14,6 +14,7 @@ import numpy as np
 
 from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError
+from nas_proxy.log import progress_bar
 from nas_proxy.proxies.artifact import ProxySet
 from nas_proxy.space import DEFAULT_ARCH, ArchSpec
 from nas_proxy.train import RunOutcome, TrainConfig, train_and_evaluate
@@ -55,10 +56,8 @@ def evaluate_proxy(
     check_compatible(proxy, test)
     train = proxy.as_split(test.device)
 
-    from tqdm.auto import tqdm
-
     accs: list[float] = []
-    with tqdm(total=models * config.epochs, desc=f"eval {proxy.id}", unit="epoch", disable=not progress) as bar:
+    with progress_bar(models * config.epochs, f"eval {proxy.id}", "epoch", enabled=progress) as bar:
         for i in range(models):
             bar.set_postfix(model=f"{i + 1}/{models}")
             out = train_and_evaluate(spec, train, test, config, seed=seed + i, on_epoch=lambda _e, _m: bar.update(1))
