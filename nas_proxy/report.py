@@ -87,6 +87,8 @@ class Report:
     proxy_steps: int | None = None
     noise: pd.DataFrame = field(default_factory=pd.DataFrame)
     proxy_epochs: tuple[tuple[str, pd.DataFrame], ...] = field(default=())
+    # Sources whose stored runs fall short of what was planned: the run is still in progress.
+    incomplete: tuple[str, ...] = field(default=())
 
     def markdown(self) -> str:
         return _markdown(self)
@@ -250,6 +252,7 @@ def build_report(
             "no whole-data runs in this store: correlations and performance need `evaluate --full` "
             "or `--ground-truth FILE`"
         )
+    partial = incomplete_sources(protocol, store.frame())
     compared = [
         c
         if c.comparison is not None
@@ -305,7 +308,28 @@ def build_report(
         _proxy_steps(protocol),
         pd.DataFrame.from_records(noise_records),
         tuple(epochs),
+        tuple(partial),
     )
+
+
+def incomplete_sources(protocol: dict[str, Any], frame: pd.DataFrame) -> list[str]:
+    """One line per training source with fewer stored runs than its invocations planned.
+
+    Planned = the most candidates x seeds any invocation asked of the source. A report of such a
+    store describes a run still in progress: its figures are not final.
+    """
+    planned: dict[str, int] = {}
+    for inv in protocol.get("invocations", []):
+        runs = int(inv.get("candidates") or 0) * len(inv.get("seeds") or [])
+        for sid in inv.get("sources", []):
+            planned[sid] = max(planned.get(sid, 0), runs)
+    out = []
+    for sid, want in planned.items():
+        desc = protocol.get("sources", {}).get(sid, {})
+        have = int(((frame["source_id"] == sid) & (frame["config_hash"] == desc.get("config_hash"))).sum())
+        if have < want:
+            out.append(f"{desc.get('label') or sid}: {have} of {want} planned runs stored")
+    return out
 
 
 def _at_fidelity(full: Column, epoch: int, per_epoch: int | None, where: Path) -> Column:
@@ -548,6 +572,13 @@ def _markdown(report: Report) -> str:
     n = len(report.truth) if report.truth is not None else max((len(c.scores) for c in report.columns), default=0)
     seeds = sorted({s for inv in p.get("invocations", []) for s in inv.get("seeds", [])})
     lines = [f"# nas-proxy report: {report.run_dir}", ""]
+    if report.incomplete:
+        lines += [
+            "**PARTIAL: this run is still in progress; no figure below is final.** "
+            + "; ".join(report.incomplete)
+            + ". Rerun the same `nas-proxy evaluate` command to finish it.",
+            "",
+        ]
     lines.append(
         f"Dataset **{p.get('dataset')}**, space **{p.get('space')}**, {n} candidates, training seeds "
         f"{', '.join(map(str, seeds)) or '?'}; "

@@ -463,3 +463,25 @@ def test_old_store_without_curves_still_reports(data: tuple[Split, Split], specs
     assert report.convergence.empty and not report.proxy_epochs
     assert any("no seed-to-seed ceiling" in n for n in report.notes)
     assert "## The ground truth: convergence" not in report.markdown()
+
+
+def test_a_report_of_an_unfinished_run_says_it_is_partial(
+    data: tuple[Split, Split], specs: list[str], tmp_path: Path
+) -> None:
+    train, test = data
+    sources = [full_source(train, CFG)]
+    seen: list[RunRow] = []
+
+    def stop_after_three(row: RunRow) -> None:
+        seen.append(row)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(specs, sources, test, out_dir=tmp_path, seeds=[0, 1], progress=False, on_result=stop_after_three)
+    report = build_report(tmp_path, n_boot=10)
+    assert report.incomplete == ("whole data: 3 of 8 planned runs stored",)
+    assert report.markdown().splitlines()[2].startswith("**PARTIAL: this run is still in progress")
+    evaluate(specs, sources, test, out_dir=tmp_path, seeds=[0, 1], progress=False)
+    finished = build_report(tmp_path, n_boot=10)
+    assert finished.incomplete == () and "PARTIAL" not in finished.markdown()
