@@ -6,8 +6,10 @@ Bad input (a :class:`NasProxyError`) prints one ``error: ...`` line and exits 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from nas_proxy.errors import NasProxyError
 
@@ -24,6 +26,32 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse's own usage errors: one line, exit 2, like ours.
         self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+@contextmanager
+def log_lines(*names: str) -> Iterator[None]:
+    """While the block runs, the named loggers' records go to stderr: ``warning: ...`` or the plain message."""
+
+    class _Lines(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            text = record.getMessage()
+            return f"{record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Lines())
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False  # once, here; not again through the root's handlers
+    try:
+        yield
+    finally:
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
 
 
 # ----------------------------------------------------------------------------- space
@@ -326,17 +354,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nas_proxy.evaluate import run_evaluation
     from nas_proxy.fast import FastOptions
 
-    res = run_evaluation(
-        space=args.space, dataset=args.dataset, proxies=args.proxy or [], full=args.full,
-        early_stopping=args.early_stopping, sample=args.sample, sample_seed=args.seed, pattern=args.filter,
-        epochs=args.epochs, full_epochs=args.full_epochs, curve=args.curve, full_curve=args.full_curve,
-        fidelity=args.fidelity, seeds=args.seeds, out_dir=args.out, n_jobs=args.n_jobs,
-        backend=args.backend, scheduler=args.scheduler, rankers=args.rankers or (), ground_truth=args.ground_truth,
-        data_root=args.data_root, device=args.device, progress=_bar(args),
-        batch_seeds={"auto": None, "yes": True, "no": False}[args.batch_seeds],
-        batch_candidates={"auto": None, "yes": True, "no": False}[args.batch_candidates],
-        fast_options=FastOptions.parse(args.fast_options),
-    )
+    if args.cluster_timeout <= 0:
+        raise NasProxyError(f"--cluster-timeout must be positive, got {args.cluster_timeout:g}")
+    with log_lines("nas_proxy.cluster"):  # a Dask cluster's workers, lost and joined, as it happens
+        res = run_evaluation(
+            space=args.space, dataset=args.dataset, proxies=args.proxy or [], full=args.full,
+            early_stopping=args.early_stopping, sample=args.sample, sample_seed=args.seed, pattern=args.filter,
+            epochs=args.epochs, full_epochs=args.full_epochs, curve=args.curve, full_curve=args.full_curve,
+            fidelity=args.fidelity, seeds=args.seeds, out_dir=args.out, n_jobs=args.n_jobs,
+            backend=args.backend, scheduler=args.scheduler, rankers=args.rankers or (),
+            ground_truth=args.ground_truth, data_root=args.data_root, device=args.device, progress=_bar(args),
+            batch_seeds={"auto": None, "yes": True, "no": False}[args.batch_seeds],
+            batch_candidates={"auto": None, "yes": True, "no": False}[args.batch_candidates],
+            fast_options=FastOptions.parse(args.fast_options), cluster_timeout=args.cluster_timeout,
+        )
     print(f"store:    {res.out_dir}")
     print(f"runs:     {res.planned} planned, {res.skipped} already stored, {res.trained} trained now "
           f"({res.ok} ok, {res.diverged} diverged, {res.failed} failed)")
@@ -371,7 +402,12 @@ def _add_evaluate(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("--out", default="results/runs/latest", metavar="DIR", help="run directory (default %(default)s)")
     p.add_argument("--n-jobs", type=int, default=1, metavar="N", help="workers, one torch thread each (-1: all cores)")
     p.add_argument("--backend", default="loky", choices=["loky", "dask"], help="joblib backend (default loky)")
-    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (default: a local cluster)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler, e.g. tcp://HOST:8786 (default: a local cluster of --n-jobs processes); "
+                        "its workers train on their own device unless --device pins one")
+    p.add_argument("--cluster-timeout", type=float, default=30.0, metavar="S",
+                   help="Dask: how long to wait for the scheduler, a first worker, or a worker when none is left "
+                        "(default 30)")
     p.add_argument("--batch-seeds", default="auto", choices=["auto", "yes", "no"],
                    help="train a candidate's seeds as one stacked network (auto: on a GPU, and on a CPU for "
                         "small avg-pooled nets with instance or group norm, whose stacked blocks fuse)")
