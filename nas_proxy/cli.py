@@ -529,17 +529,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
         best_trials,
         counted_trials,
         create_study,
-        default_storage_path,
         find_ground_truth,
         get_pruner,
         make_objective,
         read_ground_truth,
         refit,
-        stop_after,
         study_counts,
         trial_arch,
     )
     from nas_proxy.space import load_space
+    from nas_proxy.studies import HEARTBEAT_ATTR, budget_of, redact, resolve_storage, run_trials
     from nas_proxy.train import TrainConfig
 
     # Cheap checks first: a typo fails before any data is loaded or any storage is opened.
@@ -549,6 +548,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             raise NasProxyError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.refit_top < 0:
         raise NasProxyError(f"--refit-top must be at least 0, got {args.refit_top}")
+    if args.heartbeat is not None and args.heartbeat < 1:
+        raise NasProxyError(f"--heartbeat must be at least 1 (seconds), got {args.heartbeat}")
     multi = args.sampler == "nsga2"
     pruner = args.pruner or ("none" if multi else "median")
     get_pruner(pruner)
@@ -561,32 +562,36 @@ def _cmd_search(args: argparse.Namespace) -> int:
         )
     config = TrainConfig(epochs=args.epochs)
     name = args.study_name or f"{space.name}-{proxy.id}-{args.sampler}-e{args.epochs}-s{args.seed}"
-    storage = args.storage if args.storage is not None else str(default_storage_path(name))
+    # Absolute: a worker started in another directory must name the same study to join it.
+    storage = resolve_storage(args.storage, name)
     attrs = {"source_id": proxy.id, "dataset": dataset, "epochs": args.epochs, "seed": args.seed,
              "config_hash": config.hash, "test_subset": args.test_subset or 0}
     options = {"population_size": max(4, min(50, args.n_trials // 5))} if multi else {}
     study = create_study(space, args.sampler, pruner, storage, name, args.seed, multi,
-                         user_attrs=attrs, sampler_options=options)
+                         user_attrs=attrs, sampler_options=options, heartbeat=args.heartbeat)
     train, test = load_dataset(dataset, root=args.data_root, device=args.device)
     if args.test_subset is not None:
         test = test.random_subset(args.test_subset, seed=0)  # fixed subset: comparable across studies
     objective = make_objective(proxy, test, space=space, epochs=args.epochs, seed=args.seed, config=config,
                                multi_objective=multi, device=args.device)
     done = counted_trials(study)
-    print(f"study:    {name} ({storage})")
+    where = redact(storage) if "://" in storage else storage
+    print(f"study:    {name} ({where}){'' if study.trials else ', new'}")
+    print(f"workers:  more join with the same command and --storage {where} (heartbeat every "
+          f"{study.user_attrs.get(HEARTBEAT_ATTR)} s; each trial samples with its own seed)")
     print(f"search:   {space.name} ({len(space)} candidates), sampler {args.sampler}, pruner {pruner}, "
           f"{args.n_trials} trials ({done} done before)")
     print(f"proxy:    {args.proxy} ({proxy.id}, {len(proxy)} images), {args.epochs} epochs, "
           f"scored on {len(test)} {test.dataset} test images")
     interrupted = False
-    if done < args.n_trials:
-        try:
-            study.optimize(objective, n_trials=args.n_trials - done, n_jobs=args.n_jobs,
-                           callbacks=[stop_after(args.n_trials)], show_progress_bar=_search_bar(args))
-        except KeyboardInterrupt:
-            interrupted = True  # the running trial is marked FAIL by Optuna; finished ones are stored
+    try:
+        with log_lines("nas_proxy.studies"):  # waits for other workers, trials started past the budget
+            run_trials(study, objective, args.n_trials, n_jobs=args.n_jobs, show_progress_bar=_search_bar(args))
+    except KeyboardInterrupt:
+        interrupted = True  # the running trial is marked FAIL by Optuna; finished ones are stored
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(study_counts(study).items()))
     print(f"trials:   {counts or 'none'}")
+    print(f"budget:   {budget_of(study, args.n_trials).text()}")
     top = best_trials(study, max(args.top, args.refit_top))
     if not top:
         print("best:     no complete trial yet")
@@ -604,7 +609,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(f"truth:    {Path(gt.path)} ({len(gt)} candidates; rank 1 = best)")
     print(best_table(top, ground_truth=gt, refits=refits))
     if interrupted:
-        print(f"interrupted: finished trials are stored in {storage}; rerun the same command to finish the study",
+        print(f"interrupted: finished trials are stored in {where}; rerun the same command to finish the study",
               file=sys.stderr)
         return 130
     return 0
@@ -620,7 +625,7 @@ def _add_search(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("--space", default="convnet720", help="space name or .toml path (default convnet720)")
     p.add_argument("--proxy", required=True, metavar="PATH", help="proxy .npz file to train trials on")
     p.add_argument("--n-trials", type=int, required=True, metavar="N",
-                   help="trials in the study in total (a rerun or another worker finishes the rest)")
+                   help="trials in the study in total, over every worker and rerun (exact)")
     p.add_argument("--sampler", default="tpe", help="tpe (default), random, grid, nsga2 (accuracy vs params)")
     p.add_argument("--pruner", default=None, help="median (default), hyperband, none (nsga2: none)")
     p.add_argument("--storage", default=None, metavar="URL",
@@ -628,6 +633,9 @@ def _add_search(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("--study-name", default=None, metavar="NAME",
                    help="default SPACE-PROXYID-SAMPLER-eEPOCHS-sSEED; the same name continues the study")
     p.add_argument("--n-jobs", type=int, default=1, metavar="N", help="parallel trials in this process (threads)")
+    p.add_argument("--heartbeat", type=int, default=None, metavar="S",
+                   help="seconds between a running trial's heartbeats; a trial silent for two is failed and run "
+                        "again (default: the study's, 60 for a new one)")
     p.add_argument("--dataset", default=None, help="must match the proxy's dataset (checked)")
     p.add_argument("--epochs", type=int, default=100, help="epochs per trial on the proxy (default 100, as the paper)")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, batch order and the sampler (default 0)")

@@ -246,10 +246,10 @@ def _check_identity(address: str, timeout: float) -> None:
     from concurrent.futures import ThreadPoolExecutor
     from concurrent.futures import TimeoutError as WaitTimeout
 
-    from distributed.comm import connect as dask_connect
+    from distributed.comm.core import connect as dask_connect
 
     async def identity() -> Any:
-        comm = await dask_connect(address, timeout=timeout)
+        comm = await dask_connect(address, timeout=timeout)  # type: ignore[no-untyped-call]
         try:
             await comm.write({"op": "identity", "reply": True})
             return await comm.read()

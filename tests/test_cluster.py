@@ -338,6 +338,7 @@ def test_every_worker_lost_is_one_line_and_a_rerun_resumes(
 
     dask_processes.worker()  # a new machine joins; the same command finishes the rest
     assert main(argv) == 0
-    assert f"16 planned, {stored} already stored, {16 - stored} trained now ({16 - stored} ok" in capsys.readouterr().out
+    missing = 16 - stored
+    assert f"16 planned, {stored} already stored, {missing} trained now ({missing} ok" in capsys.readouterr().out
     rows = ResultsStore(out).rows()
     assert len(rows) == len({r.key for r in rows}) == 16
