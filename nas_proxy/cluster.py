@@ -43,6 +43,9 @@ DEFAULT_TIMEOUT = 30.0
 # How often the worker list is checked while tasks run (only when no result arrives sooner).
 POLL_SECONDS = 1.0
 DASK_PORT = 8786  # a scheduler's default port (the dashboard's is 8787)
+# A Dask server sends its handshake as soon as it accepts a connection; a server silent this long
+# after accepting is something else (an HTTP server waits for a request forever).
+HANDSHAKE_SECONDS = 10.0
 # A Dask TCP message starts with its length as 8 little-endian bytes; a handshake is tens of bytes.
 # Anything larger is another protocol (the ASCII of "HTTP/1.1" reads as 3.5e18 bytes).
 _MAX_HANDSHAKE = 1 << 20
@@ -190,10 +193,11 @@ def check_address(address: str, timeout: float = DEFAULT_TIMEOUT) -> str:
     """The address as Dask spells it, after checking that a Dask server answers there.
 
     For ``tcp://`` a plain socket connects (bounded by ``timeout``) and reads the first 8 bytes
-    a Dask server sends unasked: its handshake's length. Nothing within the time (an HTTP
-    server, such as the dashboard, waits for a request), a closed connection or an implausible
-    length (another protocol) is refused here, before Dask's client would wait forever or try to
-    allocate what the stray bytes claim.
+    a Dask server sends unasked: its handshake's length. Nothing within
+    :data:`HANDSHAKE_SECONDS` (an HTTP server, such as the dashboard, waits for a request), a
+    closed connection or an implausible length (another protocol) is refused here, before Dask's
+    client would wait forever or try to allocate what the stray bytes claim. Then the server is
+    asked what it is: a worker's or a nanny's port is refused by name.
     """
     from distributed.comm.addressing import parse_host_port, unparse_address
 
@@ -207,7 +211,6 @@ def check_address(address: str, timeout: float = DEFAULT_TIMEOUT) -> str:
     except ValueError as exc:
         raise NasProxyError(f"bad Dask scheduler address {address!r}: {exc}") from exc
     where = f"tcp://{host}:{port}"
-    deadline = time.monotonic() + timeout
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except socket.gaierror as exc:
@@ -218,6 +221,8 @@ def check_address(address: str, timeout: float = DEFAULT_TIMEOUT) -> str:
         raise NasProxyError(
             f"cannot reach a Dask scheduler at {where}: {exc.strerror or exc} (start one with `dask scheduler`)"
         ) from exc
+    wait = min(timeout, HANDSHAKE_SECONDS)
+    deadline = time.monotonic() + wait
     head = b""
     try:
         while len(head) < 8:
@@ -233,10 +238,10 @@ def check_address(address: str, timeout: float = DEFAULT_TIMEOUT) -> str:
     not_dask = f"{where} is not a Dask scheduler"
     hint = f"a scheduler listens on {DASK_PORT} by default; {DASK_PORT + 1} is its dashboard"
     if not head:
-        raise NasProxyError(f"{not_dask}: it sent no Dask handshake within {timeout:g} s ({hint})")
+        raise NasProxyError(f"{not_dask}: it sent no Dask handshake within {wait:g} s ({hint})")
     if len(head) < 8 or not 0 < struct.unpack("<Q", head)[0] <= _MAX_HANDSHAKE:
         raise NasProxyError(f"{not_dask}: it answered {head[:8]!r}..., not a Dask handshake ({hint})")
-    _check_identity(where, max(1.0, deadline - time.monotonic()))
+    _check_identity(where, timeout)
     return where
 
 

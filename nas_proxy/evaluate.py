@@ -713,8 +713,8 @@ def _evaluate(
             trained = sum(counts.values())
             start = "" if session is None or session.local else "start workers and "
             raise ClusterError(
-                f"{exc}; the {trained} runs finished here are stored in {store.root} ({len(pending) - trained} "
-                f"missing): {start}rerun the same command to resume"
+                f"{exc}; finished runs stored in {store.root}: {trained}, missing: {len(pending) - trained}; "
+                f"{start}rerun the same command to resume"
             ) from exc
         finally:
             close = getattr(rows, "close", None)

@@ -364,3 +364,24 @@ def test_search_workers_on_postgresql(postgres: str, proxy_file: Path, tmp_path:
     _check_shared_study(url, _alone(n), n)
     assert all(f"budget:   {n} of {n} trials counted" in o for o in outs)
     assert studies.heartbeat_of(open_storage(url, "shared")) == studies.DEFAULT_HEARTBEAT
+
+
+_OPEN_AT_ONCE = """
+import sys, time
+from nas_proxy.studies import open_storage
+while time.time() < float(sys.argv[2]):
+    time.sleep(0.001)
+open_storage(sys.argv[1], "s")
+"""
+
+
+def test_workers_creating_the_tables_at_once_on_postgresql(postgres: str) -> None:
+    # Optuna alone: of six processes creating a fresh database's tables in the same instant,
+    # some die with UniqueViolation on pg_type (seen here: 1 to 3 of 6). All six must succeed.
+    url = _database(postgres, "race")
+    start = f"{time.time() + 8:.3f}"  # after every process has imported its modules
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, url, start], env=_env(),
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
