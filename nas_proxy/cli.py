@@ -6,10 +6,11 @@ Bad input (a :class:`NasProxyError`) prints one ``error: ...`` line and exits 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from nas_proxy.errors import NasProxyError
 
@@ -29,8 +30,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 @contextmanager
-def log_lines(*names: str) -> Iterator[None]:
-    """While the block runs, the named loggers' records go to stderr: ``warning: ...`` or the plain message."""
+def log_lines(*names: str, quiet: Sequence[str] = ()) -> Iterator[None]:
+    """While the block runs, the named loggers' records go to stderr: ``warning: ...`` or the plain message.
+
+    The ``quiet`` loggers say nothing meanwhile (Dask's client logs a lost scheduler with
+    tracebacks; our own lines say it once).
+    """
 
     class _Lines(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
@@ -40,11 +45,22 @@ def log_lines(*names: str) -> Iterator[None]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Lines())
     loggers = [logging.getLogger(n) for n in names]
+    for name in quiet:  # imported first: a library sets its loggers' levels when imported
+        with suppress(ImportError):
+            importlib.import_module(name)
+    # Each logger below them too: Dask sets levels on some (distributed.client) that would let them speak.
+    silenced = [logging.getLogger(n) for n in quiet] + [
+        lg for key, lg in logging.root.manager.loggerDict.items()
+        if isinstance(lg, logging.Logger) and any(key.startswith(n + ".") for n in quiet)
+    ]
     saved = [(lg.level, lg.propagate) for lg in loggers]
+    saved_quiet = [lg.level for lg in silenced]
     for lg in loggers:
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)
         lg.propagate = False  # once, here; not again through the root's handlers
+    for lg in silenced:
+        lg.setLevel(logging.CRITICAL + 1)
     try:
         yield
     finally:
@@ -52,6 +68,8 @@ def log_lines(*names: str) -> Iterator[None]:
             lg.removeHandler(handler)
             lg.setLevel(level)
             lg.propagate = propagate
+        for lg, level in zip(silenced, saved_quiet, strict=True):
+            lg.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- space
@@ -356,7 +374,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.cluster_timeout <= 0:
         raise NasProxyError(f"--cluster-timeout must be positive, got {args.cluster_timeout:g}")
-    with log_lines("nas_proxy.cluster"):  # a Dask cluster's workers, lost and joined, as it happens
+    # A Dask cluster's workers, lost and joined, as it happens; Dask's own log lines say the same, noisily.
+    with log_lines("nas_proxy.cluster", quiet=("distributed",) if args.backend == "dask" else ()):
         res = run_evaluation(
             space=args.space, dataset=args.dataset, proxies=args.proxy or [], full=args.full,
             early_stopping=args.early_stopping, sample=args.sample, sample_seed=args.seed, pattern=args.filter,

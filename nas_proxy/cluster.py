@@ -20,6 +20,8 @@ the CPU) unless the caller pins one for all of them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -31,10 +33,11 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from nas_proxy.errors import NasProxyError
 
@@ -55,7 +58,18 @@ _R = TypeVar("_R")
 
 
 class ClusterError(NasProxyError):
-    """The cluster failed under a run (every worker lost, a mismatched worker joined); one line."""
+    """The cluster failed under a run (every worker lost, a mismatched worker joined); one line.
+
+    ``restart``: what to start again before a rerun, as the start of a sentence ("" if nothing).
+    """
+
+    def __init__(self, message: str, restart: str = "") -> None:
+        super().__init__(message)
+        self.restart = restart
+
+
+_START_WORKERS = "start workers, then "
+_START_ALL = "start the scheduler and its workers, then "
 
 
 # ----------------------------------------------------------------------------- what a worker is
@@ -133,7 +147,10 @@ def _checked_call(expected: str, fn: Callable[..., _R], *args: Any) -> _R:
     stored as if the client's code had made them)."""
     got = package_fingerprint()
     if got != expected:
-        raise ClusterError(f"a worker on {platform.node()} runs nas-proxy {got}, the client {expected}")
+        raise ClusterError(
+            f"a worker on {platform.node()} runs nas-proxy {got}, the client {expected}",
+            "give that worker the client's nas-proxy (or stop it), then ",
+        )
     return fn(*args)
 
 
@@ -391,30 +408,44 @@ class DaskSession:
                 watch.check()
                 if f is None or f not in index:
                     continue
-                if f.status == "finished":
-                    del index[f]
-                    yield f.result()
-                elif f.status == "error":
-                    i = index.pop(f)
-                    exc = f.exception()
-                    if isinstance(exc, ClusterError):
-                        raise ClusterError(str(exc)) from exc
-                    if on_error is None:
-                        raise exc
-                    yield on_error(i, exc)
-                elif f.status == "cancelled":
-                    # Shared data cannot be computed again: with its last holder gone, Dask drops
-                    # the tasks that need it. Report the losses first, then stop.
-                    left = watch.check(force=True)
-                    raise ClusterError(
-                        f"every Dask worker of {self.address} is gone" if not left else
-                        f"the Dask cluster at {self.address} lost every worker holding the shared training data"
-                    )
-                else:  # lost with its worker after finishing: Dask computes it again
-                    f.add_done_callback(done.put)
+                status = f.status
+                if status not in ("finished", "error", "cancelled"):
+                    f.add_done_callback(done.put)  # lost with its worker after finishing: computed again
+                    continue
+                i = index.pop(f)
+                if status == "cancelled":
+                    raise self._lost(watch)
+                try:
+                    exc = f.exception() if status == "error" else None
+                    value = f.result() if status == "finished" else None
+                except (OSError, CancelledError, asyncio.CancelledError) as err:  # the scheduler went away
+                    raise self._lost(watch) from err
+                if exc is None:
+                    yield cast("_R", value)
+                    continue
+                if isinstance(exc, ClusterError):
+                    raise ClusterError(str(exc), exc.restart) from exc
+                if on_error is None:
+                    raise exc
+                yield on_error(i, exc)
         finally:
             if index:
-                self.client.cancel(list(index))
+                with contextlib.suppress(Exception):  # a client that lost its scheduler cannot cancel
+                    self.client.cancel(list(index))
+
+    def _lost(self, watch: _Watch) -> ClusterError:
+        """What went wrong when results cannot be had, after reporting every worker lost meanwhile.
+
+        A cancelled task most often means its shared data died with its last holder: it cannot
+        be computed again, so Dask drops every task that needs it."""
+        left = watch.check(force=True)
+        if watch.unreachable:
+            return ClusterError(f"lost the Dask scheduler at {self.address}", _START_ALL)
+        if not left:
+            return ClusterError(f"every Dask worker of {self.address} is gone", _START_WORKERS)
+        return ClusterError(
+            f"the Dask cluster at {self.address} lost every worker holding the shared training data", _START_WORKERS
+        )
 
 
 class _Watch:
@@ -425,6 +456,7 @@ class _Watch:
         self.seen = seen
         self.last = time.monotonic()
         self.empty_since: float | None = None
+        self.unreachable = False  # the scheduler did not answer the last look
 
     def check(self, force: bool = False) -> int:
         """Report changes since the last look (at most one look a second unless ``force``); the workers now."""
@@ -435,9 +467,14 @@ class _Watch:
         s = self.session
         try:
             current = set(s.client.nthreads())
-            unreachable = False
-        except Exception:  # the scheduler itself is gone or unreachable: handled as no workers
-            current, unreachable = set(), True
+            self.unreachable = False
+        except Exception:  # the scheduler itself is gone or unreachable: no news of the workers
+            self.unreachable = True
+            self.empty_since = self.empty_since or now
+            if now - self.empty_since >= s.timeout and not force:
+                what = f"lost the Dask scheduler at {s.address} (for {s.timeout:g} s)"
+                raise ClusterError(what, _START_ALL) from None
+            return 0
         for addr in sorted(self.seen - current):
             s.lost.append(addr)
             _logger.warning(
@@ -454,9 +491,7 @@ class _Watch:
             return len(current)
         self.empty_since = self.empty_since or now
         if now - self.empty_since >= s.timeout and not force:
-            what = f"lost the Dask scheduler at {s.address}" if unreachable else (
-                f"every Dask worker of {s.address} is gone")
-            raise ClusterError(f"{what} (none for {s.timeout:g} s)")
+            raise ClusterError(f"every Dask worker of {s.address} is gone (none for {s.timeout:g} s)", _START_WORKERS)
         return 0
 
 
@@ -495,6 +530,7 @@ def connect(
 
     if timeout <= 0:
         raise NasProxyError(f"the cluster timeout must be positive, got {timeout!r}")
+    device = None if device in (None, "auto") else device  # auto: each worker's own choice
     if scheduler is not None and n_jobs != 1:
         raise NasProxyError(
             "--n-jobs sizes a local cluster; a Dask scheduler brings its own workers (leave --n-jobs out)"

@@ -711,10 +711,10 @@ def _evaluate(
                     on_result(row)
         except ClusterError as exc:
             trained = sum(counts.values())
-            start = "" if session is None or session.local else "start workers and "
+            start = "" if session is None or session.local else exc.restart
             raise ClusterError(
                 f"{exc}; finished runs stored in {store.root}: {trained}, missing: {len(pending) - trained}; "
-                f"{start}rerun the same command to resume"
+                f"{start}rerun the same command to resume", exc.restart,
             ) from exc
         finally:
             close = getattr(rows, "close", None)

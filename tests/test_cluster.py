@@ -331,7 +331,7 @@ def test_every_worker_lost_is_one_line_and_a_rerun_resumes(
     # Gone with the only worker, the shared data is; or no worker is back within --cluster-timeout.
     assert lines[2].startswith(f"error: every Dask worker of {dask_processes.address} is gone")
     assert lines[2].endswith(
-        f"; finished runs stored in {out}: {stored}, missing: {16 - stored}; start workers and rerun the same "
+        f"; finished runs stored in {out}: {stored}, missing: {16 - stored}; start workers, then rerun the same "
         f"command to resume"
     )
     assert len(lines) == 3
