@@ -181,10 +181,12 @@ def _save_split(split: Split, path: Path) -> _SplitFile:
 _DEVICE_COPIES: dict[tuple[int, str], Split] = {}
 
 
-def _materialize(data: Split | _SplitFile, device: str) -> Split:
+def _materialize(data: Split | _SplitFile, device: str, keep: bool = False) -> Split:
     if isinstance(data, Split):
         if data.device == torch.device(device):
             return data
+        if not keep:
+            return data.to(device)
         ref = (id(data), device)
         copy = _DEVICE_COPIES.get(ref)
         if copy is None:
@@ -278,7 +280,8 @@ def _run_group(
     if threads is not None:  # a worker process of ours
         torch.set_num_threads(threads)
         keep_freed_memory()
-    tr, te = _materialize(train, device), _materialize(test, device)
+    # A worker process keeps a device copy of what it received for its next tasks (Dask's Splits).
+    tr, te = _materialize(train, device, threads is not None), _materialize(test, device, threads is not None)
     if len(group) > 1:
         started = now_iso()
         first = group[0]

@@ -342,3 +342,22 @@ def test_every_worker_lost_is_one_line_and_a_rerun_resumes(
     assert f"16 planned, {stored} already stored, {missing} trained now ({missing} ok" in capsys.readouterr().out
     rows = ResultsStore(out).rows()
     assert len(rows) == len({r.key for r in rows}) == 16
+
+
+def test_a_worker_moves_a_shared_split_to_its_device_once() -> None:
+    import gc
+
+    from nas_proxy import evaluate as evaluate_module
+
+    train, _ = make_synthetic(num_classes=2, train_per_class=2, test_per_class=1, size=8)
+    # "meta" stands in for a GPU: a worker process (keep=True) copies a Split there once...
+    first = evaluate_module._materialize(train, "meta", True)
+    assert first.device.type == "meta" and evaluate_module._materialize(train, "meta", True) is first
+    # ...and frees the copy with the Split itself (when Dask releases the shared data).
+    del first, train
+    gc.collect()
+    assert not evaluate_module._DEVICE_COPIES
+    # One process of its own keeps nothing beyond the call.
+    other, _ = make_synthetic(num_classes=2, train_per_class=2, test_per_class=1, size=8)
+    assert evaluate_module._materialize(other, "meta") is not evaluate_module._materialize(other, "meta")
+    assert not evaluate_module._DEVICE_COPIES
