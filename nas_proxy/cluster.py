@@ -11,8 +11,9 @@
 - :meth:`DaskSession.map_unordered` runs one call per task and yields results as they finish.
   A lost worker is reported (logger ``nas_proxy.cluster``) and Dask runs its tasks again on the
   others, so nothing is lost or duplicated; a worker that joins later is checked like the first
-  ones; when no worker is left for ``timeout`` seconds, or the shared data died with the
-  workers, it raises :class:`ClusterError` (one line) after every finished result was yielded.
+  ones; when no worker is left for ``timeout`` seconds, the scheduler is gone, or the shared
+  data died with the workers, it raises :class:`ClusterError` (one line) after every finished
+  result was yielded.
 
 Devices are resolved on each worker (``NAS_PROXY_DEVICE`` there, else CUDA when present, else
 the CPU) unless the caller pins one for all of them.
@@ -43,7 +44,7 @@ from nas_proxy.errors import NasProxyError
 
 # How long to wait for the cluster: to connect, for a first worker, and with no worker left.
 DEFAULT_TIMEOUT = 30.0
-# How often the worker list is checked while tasks run (only when no result arrives sooner).
+# The worker list is looked at once a second at most while tasks run.
 POLL_SECONDS = 1.0
 DASK_PORT = 8786  # a scheduler's default port (the dashboard's is 8787)
 # A Dask server sends its handshake as soon as it accepts a connection; a server silent this long

@@ -375,7 +375,8 @@ class Budget:
         return max(0, self.total - self.counted - self.running)
 
     def text(self) -> str:
-        """One line: ``8 of 8 trials counted; not counted: 1 stale (retried), 1 over budget (not trained)``."""
+        """One line, e.g. ``8 of 8 trials counted (complete, pruned or diverged); also 1 lost with their
+        worker (retried), 1 over budget (never trained)``."""
         parts = [f"{self.counted} of {self.total} trials counted (complete, pruned or diverged)"]
         extra = []
         if self.running:
