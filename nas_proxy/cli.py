@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import json
+import logging
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 
 from nas_proxy.errors import NasProxyError, one_line
 from nas_proxy.log import debug_enabled, plain_warnings
@@ -31,6 +34,49 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse's own usage errors: one line, exit 2, like ours.
         self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+@contextmanager
+def log_lines(*names: str, quiet: Sequence[str] = ()) -> Iterator[None]:
+    """While the block runs, the named loggers' records go to stderr: ``warning: ...`` or the plain message.
+
+    The ``quiet`` loggers say nothing meanwhile (Dask's client logs a lost scheduler with
+    tracebacks; our own lines say it once).
+    """
+
+    class _Lines(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            text = record.getMessage()
+            return f"{record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Lines())
+    loggers = [logging.getLogger(n) for n in names]
+    for name in quiet:  # imported first: a library sets its loggers' levels when imported
+        with suppress(ImportError):
+            importlib.import_module(name)
+    # Each logger below them too: Dask sets levels on some (distributed.client) that would let them speak.
+    silenced = [logging.getLogger(n) for n in quiet] + [
+        lg for key, lg in logging.root.manager.loggerDict.items()
+        if isinstance(lg, logging.Logger) and any(key.startswith(n + ".") for n in quiet)
+    ]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    saved_quiet = [lg.level for lg in silenced]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False  # once, here; not again through the root's handlers
+    for lg in silenced:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+        for lg, level in zip(silenced, saved_quiet, strict=True):
+            lg.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- space
@@ -351,17 +397,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nas_proxy.evaluate import run_evaluation
     from nas_proxy.fast import FastOptions
 
-    res = run_evaluation(
-        space=args.space, dataset=args.dataset, proxies=args.proxy or [], full=args.full,
-        early_stopping=args.early_stopping, sample=args.sample, sample_seed=args.seed, pattern=args.filter,
-        epochs=args.epochs, full_epochs=args.full_epochs, curve=args.curve, full_curve=args.full_curve,
-        fidelity=args.fidelity, seeds=args.seeds, out_dir=args.out, n_jobs=args.n_jobs,
-        backend=args.backend, scheduler=args.scheduler, rankers=args.rankers or (), ground_truth=args.ground_truth,
-        data_root=args.data_root, device=args.device, progress=_bar(args),
-        batch_seeds={"auto": None, "yes": True, "no": False}[args.batch_seeds],
-        batch_candidates={"auto": None, "yes": True, "no": False}[args.batch_candidates],
-        fast_options=FastOptions.parse(args.fast_options),
-    )
+    if args.cluster_timeout <= 0:
+        raise NasProxyError(f"--cluster-timeout must be positive, got {args.cluster_timeout:g}")
+    # A Dask cluster's workers, lost and joined, as it happens; Dask's own log lines say the same, noisily.
+    with log_lines("nas_proxy.cluster", quiet=("distributed",) if args.backend == "dask" else ()):
+        res = run_evaluation(
+            space=args.space, dataset=args.dataset, proxies=args.proxy or [], full=args.full,
+            early_stopping=args.early_stopping, sample=args.sample, sample_seed=args.seed, pattern=args.filter,
+            epochs=args.epochs, full_epochs=args.full_epochs, curve=args.curve, full_curve=args.full_curve,
+            fidelity=args.fidelity, seeds=args.seeds, out_dir=args.out, n_jobs=args.n_jobs,
+            backend=args.backend, scheduler=args.scheduler, rankers=args.rankers or (),
+            ground_truth=args.ground_truth, data_root=args.data_root, device=args.device, progress=_bar(args),
+            batch_seeds={"auto": None, "yes": True, "no": False}[args.batch_seeds],
+            batch_candidates={"auto": None, "yes": True, "no": False}[args.batch_candidates],
+            fast_options=FastOptions.parse(args.fast_options), cluster_timeout=args.cluster_timeout,
+        )
     print(f"store:    {res.out_dir}")
     print(f"runs:     {res.planned} planned, {res.skipped} already stored, {res.trained} trained now "
           f"({res.ok} ok, {res.diverged} diverged, {res.failed} failed)")
@@ -396,7 +446,12 @@ def _add_evaluate(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("--out", default="results/runs/latest", metavar="DIR", help="run directory (default %(default)s)")
     p.add_argument("--n-jobs", type=int, default=1, metavar="N", help="workers, one torch thread each (-1: all cores)")
     p.add_argument("--backend", default="loky", choices=["loky", "dask"], help="joblib backend (default loky)")
-    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (default: a local cluster)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler, e.g. tcp://HOST:8786 (default: a local cluster of --n-jobs processes); "
+                        "its workers train on their own device unless --device pins one")
+    p.add_argument("--cluster-timeout", type=float, default=30.0, metavar="S",
+                   help="Dask: how long to wait for the scheduler, a first worker, or a worker when none is left "
+                        "(default 30)")
     p.add_argument("--batch-seeds", default="auto", choices=["auto", "yes", "no"],
                    help="train a candidate's seeds as one stacked network (auto: on a GPU, and on a CPU for "
                         "small avg-pooled nets with instance or group norm, whose stacked blocks fuse)")
@@ -521,17 +576,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
         best_trials,
         counted_trials,
         create_study,
-        default_storage_path,
         find_ground_truth,
         get_pruner,
         make_objective,
         read_ground_truth,
         refit,
-        stop_after,
         study_counts,
         trial_arch,
     )
     from nas_proxy.space import load_space
+    from nas_proxy.studies import HEARTBEAT_ATTR, budget_of, redact, resolve_storage, run_trials
     from nas_proxy.train import TrainConfig
 
     # Cheap checks first: a typo fails before any data is loaded or any storage is opened.
@@ -541,6 +595,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             raise NasProxyError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.refit_top < 0:
         raise NasProxyError(f"--refit-top must be at least 0, got {args.refit_top}")
+    if args.heartbeat is not None and args.heartbeat < 1:
+        raise NasProxyError(f"--heartbeat must be at least 1 (seconds), got {args.heartbeat}")
     multi = args.sampler == "nsga2"
     pruner = args.pruner or ("none" if multi else "median")
     get_pruner(pruner)
@@ -554,12 +610,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
         )
     config = TrainConfig(epochs=args.epochs)
     name = args.study_name or f"{space.name}-{proxy.id}-{args.sampler}-e{args.epochs}-s{args.seed}"
-    storage = args.storage if args.storage is not None else str(default_storage_path(name))
+    # Absolute: a worker started in another directory must name the same study to join it.
+    storage = resolve_storage(args.storage, name)
     attrs = {"source_id": proxy.id, "dataset": dataset, "epochs": args.epochs, "seed": args.seed,
              "config_hash": config.hash, "test_subset": args.test_subset or 0}
     options = {"population_size": max(4, min(50, args.n_trials // 5))} if multi else {}
     study = create_study(space, args.sampler, pruner, storage, name, args.seed, multi,
-                         user_attrs=attrs, sampler_options=options)
+                         user_attrs=attrs, sampler_options=options, heartbeat=args.heartbeat)
     train, test = load_dataset(args.dataset or dataset_argument(proxy.manifest), root=args.data_root,
                                device=args.device)
     check_dataset(proxy, train, args.proxy)
@@ -568,20 +625,23 @@ def _cmd_search(args: argparse.Namespace) -> int:
     objective = make_objective(proxy, test, space=space, epochs=args.epochs, seed=args.seed, config=config,
                                multi_objective=multi, device=args.device)
     done = counted_trials(study)
-    print(f"study:    {name} ({storage})")
+    where = redact(storage) if "://" in storage else storage
+    print(f"study:    {name} ({where}){'' if study.trials else ', new'}")
+    print(f"workers:  more join with the same command and --storage {where} (heartbeat every "
+          f"{study.user_attrs.get(HEARTBEAT_ATTR)} s; each trial samples with its own seed)")
     print(f"search:   {space.name} ({len(space)} candidates), sampler {args.sampler}, pruner {pruner}, "
           f"{args.n_trials} trials ({done} done before)")
     print(f"proxy:    {args.proxy} ({proxy.id}, {len(proxy)} images), {args.epochs} epochs, "
           f"scored on {len(test)} {test.dataset} test images")
     interrupted = False
-    if done < args.n_trials:
-        try:
-            study.optimize(objective, n_trials=args.n_trials - done, n_jobs=args.n_jobs,
-                           callbacks=[stop_after(args.n_trials)], show_progress_bar=_search_bar(args))
-        except KeyboardInterrupt:
-            interrupted = True  # the running trial is marked FAIL by Optuna; finished ones are stored
+    try:
+        with log_lines("nas_proxy.studies"):  # waits for other workers, trials started past the budget
+            run_trials(study, objective, args.n_trials, n_jobs=args.n_jobs, show_progress_bar=_search_bar(args))
+    except KeyboardInterrupt:
+        interrupted = True  # the running trial is marked FAIL by Optuna; finished ones are stored
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(study_counts(study).items()))
     print(f"trials:   {counts or 'none'}")
+    print(f"budget:   {budget_of(study, args.n_trials).text()}")
     top = best_trials(study, max(args.top, args.refit_top))
     if not top:
         print("best:     no complete trial yet")
@@ -599,7 +659,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(f"truth:    {Path(gt.path)} ({len(gt)} candidates; rank 1 = best)")
     print(best_table(top, ground_truth=gt, refits=refits))
     if interrupted:
-        print(f"interrupted: finished trials are stored in {storage}; rerun the same command to finish the study",
+        print(f"interrupted: finished trials are stored in {where}; rerun the same command to finish the study",
               file=sys.stderr)
         return 130
     return 0
@@ -615,7 +675,7 @@ def _add_search(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("--space", default="convnet720", help="space name or .toml path (default convnet720)")
     p.add_argument("--proxy", required=True, metavar="PATH", help="proxy .npz file to train trials on")
     p.add_argument("--n-trials", type=int, required=True, metavar="N",
-                   help="trials in the study in total (a rerun or another worker finishes the rest)")
+                   help="trials in the study in total, over every worker and rerun (exact)")
     p.add_argument("--sampler", default="tpe", help="tpe (default), random, grid, nsga2 (accuracy vs params)")
     p.add_argument("--pruner", default=None, help="median (default), hyperband, none (nsga2: none)")
     p.add_argument("--storage", default=None, metavar="URL",
@@ -623,6 +683,9 @@ def _add_search(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("--study-name", default=None, metavar="NAME",
                    help="default SPACE-PROXYID-SAMPLER-eEPOCHS-sSEED; the same name continues the study")
     p.add_argument("--n-jobs", type=int, default=1, metavar="N", help="parallel trials in this process (threads)")
+    p.add_argument("--heartbeat", type=int, default=None, metavar="S",
+                   help="seconds between a running trial's heartbeats; a trial silent for two is failed and run "
+                        "again (default: the study's, 60 for a new one)")
     p.add_argument("--dataset", default=None, help="must match the proxy's dataset (checked)")
     p.add_argument("--epochs", type=int, default=100, help="epochs per trial on the proxy (default 100, as the paper)")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, batch order and the sampler (default 0)")

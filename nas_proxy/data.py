@@ -54,6 +54,11 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def __sizeof__(self) -> int:
+        # What Dask's sizeof sees (it falls back to sys.getsizeof): the tensors' bytes, so a
+        # cluster's memory accounting counts a shared training set for what it holds.
+        return object.__sizeof__(self) + sum(t.numel() * t.element_size() for t in (self.images, self.labels))
+
     @property
     def in_channels(self) -> int:
         return int(self.images.shape[1])

@@ -7,26 +7,29 @@ SGD steps as a proxy run takes). The evaluator does not care which: it runs ever
 
 Parallelism: ``n_jobs > 1`` runs tasks on joblib's loky process pool with one torch thread per
 worker; the data goes to each worker once (a memory-mapped file per Split, cached in the worker),
-not once per task. ``backend="dask"`` runs the same tasks through joblib's Dask backend on a
-``distributed.Client`` (an address, or a LocalCluster started here), with the Splits scattered
-to the workers once up front.
+not once per task. ``backend="dask"`` runs the same tasks on a Dask cluster
+(:mod:`nas_proxy.cluster`: an address, a ``distributed.Client``, or a LocalCluster started
+here), checked before anything is written, with the Splits sent to every worker once and
+released at the end, each worker training on its own device, and a lost worker's tasks run
+again elsewhere.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import math
-import os
 import platform
 import tempfile
+import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 import torch
 
+from nas_proxy.cluster import DEFAULT_TIMEOUT, ClusterError, DaskSession, connect, parse_address
 from nas_proxy.data import Split
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
@@ -175,9 +178,24 @@ def _save_split(split: Split, path: Path) -> _SplitFile:
     return _SplitFile(str(path))
 
 
-def _materialize(data: Split | _SplitFile, device: str) -> Split:
+# Device copies of Splits a Dask worker received, one per (Split, device) while the Split lives:
+# the training set reaches a GPU worker once, not once per task.
+_DEVICE_COPIES: dict[tuple[int, str], Split] = {}
+
+
+def _materialize(data: Split | _SplitFile, device: str, keep: bool = False) -> Split:
     if isinstance(data, Split):
-        return data if data.device == torch.device(device) else data.to(device)
+        if data.device == torch.device(device):
+            return data
+        if not keep:
+            return data.to(device)
+        ref = (id(data), device)
+        copy = _DEVICE_COPIES.get(ref)
+        if copy is None:
+            copy = _DEVICE_COPIES[ref] = data.to(device)
+            # Freed with the Split (when Dask releases the shared data), never kept beyond it.
+            weakref.finalize(data, _DEVICE_COPIES.pop, ref, None)
+        return copy
     key = (data.path, device)
     hit = _WORKER_CACHE.get(key)
     if hit is None:
@@ -246,7 +264,7 @@ def _run_group(
     group: Sequence[_Job],
     train: Split | _SplitFile,
     test: Split | _SplitFile,
-    device: str,
+    device: str | None,
     threads: int | None,
     trainer: Trainer,
     options: FastOptions | None = None,
@@ -257,12 +275,15 @@ def _run_group(
     a candidate (``batch_seeds``) through :func:`nas_proxy.fast.train_many`, candidates of one
     group (``batch_candidates``) through :func:`nas_proxy.fast.train_candidates`. If that fails,
     each job is retried alone through ``trainer``, so one bad run marks only itself. ``options``:
-    the stacked path's speed switches.
+    the stacked path's speed switches. ``device`` None: this process's own (a Dask worker's,
+    :func:`nas_proxy.device.resolve_device`).
     """
+    device = str(resolve_device(device)) if device is None else device
     if threads is not None:  # a worker process of ours
         torch.set_num_threads(threads)
         keep_freed_memory()
-    tr, te = _materialize(train, device), _materialize(test, device)
+    # A worker process keeps a device copy of what it received for its next tasks (Dask's Splits).
+    tr, te = _materialize(train, device, threads is not None), _materialize(test, device, threads is not None)
     if len(group) > 1:
         started = now_iso()
         first = group[0]
@@ -455,7 +476,7 @@ def _execute(
     *,
     n_jobs: int,
     backend: str,
-    scheduler: Any,
+    session: DaskSession | None,
     device: str,
     trainer: Trainer,
     options: FastOptions | None = None,
@@ -467,9 +488,9 @@ def _execute(
         for group in groups:
             yield from _run_group(group, by_id[group[0].source_id].split, test, device, None, trainer, options)
         return
-    from joblib import Parallel, delayed, parallel_config
-
     if backend == "loky":
+        from joblib import Parallel, delayed
+
         with tempfile.TemporaryDirectory(prefix="nas-proxy-data-") as tmp:
             # One file per distinct Split: early stopping and the whole data share theirs.
             files: dict[int, _SplitFile] = {}
@@ -485,43 +506,24 @@ def _execute(
             ):
                 yield from rows
         return
-    client, owned = _dask_client(scheduler, n_jobs)
-    try:
-        splits = [by_id[sid].split for sid in used]
-        # Scattered once to every worker; joblib swaps these objects for their futures in each task.
-        with parallel_config(backend="dask", scatter=[*splits, test]):
-            parallel = Parallel(n_jobs=-1, return_as="generator_unordered")
-            for rows in parallel(
-                delayed(_run_group)(g, by_id[g[0].source_id].split, test, device, 1, trainer, options)
-                for g in groups
-            ):
-                yield from rows
-    finally:
-        if owned:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None:
-                cluster.close()
+    assert session is not None, "backend dask runs on a session from nas_proxy.cluster.connect"
+    # CPU copies go out once to every worker (one per distinct Split: early stopping and the whole
+    # data share theirs); each worker moves them to its own device once.
+    cpu: dict[int, Split] = {}
+    for s in [by_id[sid].split for sid in used] + [test]:
+        if id(s) not in cpu:
+            cpu[id(s)] = s if s.device.type == "cpu" else s.to("cpu")
+    with session.share([cpu[id(by_id[sid].split)] for sid in used] + [cpu[id(test)]]) as shared:
+        by_source = dict(zip(used, shared, strict=False))
+        tasks = [(g, by_source[g[0].source_id], shared[-1], session.device, 1, trainer, options) for g in groups]
 
+        def failed(i: int, exc: BaseException) -> list[RunRow]:
+            # A task that killed its workers (out of memory?) marks its own runs; the sweep goes on.
+            started = now_iso()
+            return [_row(job, exc, started) for job in groups[i]]
 
-def _dask_client(scheduler: Any, n_jobs: int) -> tuple[Any, bool]:
-    """(client, whether we own it): an existing Client, one for an address, or a new LocalCluster."""
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError as exc:
-        raise NasProxyError("--backend dask needs dask[distributed]: pip install 'nas-proxy[dask]'") from exc
-    if isinstance(scheduler, Client):
-        return scheduler, False
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="10s"), True  # type: ignore[no-untyped-call]
-        except (OSError, TimeoutError) as exc:
-            raise NasProxyError(f"cannot reach the Dask scheduler at {scheduler!r} ({exc})") from exc
-    workers = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
-    cluster = LocalCluster(  # type: ignore[no-untyped-call]
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
-    )
-    return Client(cluster), True  # type: ignore[no-untyped-call]
+        for rows in session.map_unordered(_run_group, tasks, on_error=failed):
+            yield from rows
 
 
 _P = ParamSpec("_P")
@@ -563,6 +565,7 @@ def evaluate(
     batch_candidates: bool | None = None,
     fast_options: FastOptions | None = None,
     truth_fidelity: int | None = None,
+    cluster_timeout: float = DEFAULT_TIMEOUT,
 ) -> EvaluationResult:
     """Train each candidate on each source with each seed, skipping runs already stored in ``out_dir``.
 
@@ -586,9 +589,62 @@ def evaluate(
     ``fast_options``: speed switches of those stacked runs (:class:`nas_proxy.fast.FastOptions`,
     e.g. channels_last or bf16 on a GPU; recorded in the store's invocation). ``truth_fidelity``:
     the whole-data epoch the report judges against by default (read off the learning curves).
+
+    ``backend="dask"``: ``scheduler`` is an address, a ``distributed.Client`` or None (a
+    LocalCluster of ``n_jobs`` processes); the cluster is connected and checked
+    (:func:`nas_proxy.cluster.connect`: answers within ``cluster_timeout`` seconds, every worker
+    runs this nas-proxy and can use the device) before the store is touched. ``device`` None lets
+    each worker use its own (``NAS_PROXY_DEVICE`` there, else CUDA when present); a device pins
+    all of them. Losing every worker raises :class:`nas_proxy.cluster.ClusterError` after storing
+    every finished row; rerunning the call resumes.
     """
     ids = _validate(specs, sources, test, seeds, n_jobs, backend)
-    dev = str(resolve_device(device))
+    with _session(backend, scheduler, n_jobs, device, cluster_timeout) as session:
+        return _evaluate(
+            ids, sources, test, session, out_dir=out_dir, seeds=seeds, n_jobs=n_jobs, backend=backend,
+            device=device, progress=progress, trainer=trainer, ground_truth=ground_truth, rankers=rankers,
+            ranker_train=ranker_train, space=space, on_result=on_result, batch_seeds=batch_seeds,
+            batch_candidates=batch_candidates, fast_options=fast_options, truth_fidelity=truth_fidelity,
+        )
+
+
+def _session(
+    backend: str, scheduler: Any, n_jobs: int, device: str | torch.device | None, timeout: float
+) -> AbstractContextManager[DaskSession | None]:
+    """A checked Dask cluster for ``backend="dask"`` (closed when the block ends), else nothing."""
+    if backend != "dask":
+        if scheduler:
+            raise NasProxyError("a Dask scheduler needs backend 'dask' (--backend dask)")
+        return nullcontext()
+    return connect(scheduler, n_jobs=n_jobs, device=None if device is None else str(device), timeout=timeout)
+
+
+def _evaluate(
+    ids: Sequence[str],
+    sources: Sequence[TrainingSource],
+    test: Split,
+    session: DaskSession | None,
+    *,
+    out_dir: str | Path,
+    seeds: Sequence[int],
+    n_jobs: int,
+    backend: str,
+    device: str | torch.device | None,
+    progress: bool,
+    trainer: Trainer,
+    ground_truth: Any,
+    rankers: Sequence[str],
+    ranker_train: Split | None,
+    space: str | None,
+    on_result: Callable[[RunRow], None] | None,
+    batch_seeds: bool | None,
+    batch_candidates: bool | None,
+    fast_options: FastOptions | None,
+    truth_fidelity: int | None,
+) -> EvaluationResult:
+    """:func:`evaluate` once its inputs are valid and its cluster (if any) is checked."""
+    # On a Dask cluster each worker resolves its own device: the client's may not even exist there.
+    dev = session.device_label if session is not None else str(resolve_device(device))
     store = ResultsStore(out_dir)
     extra: dict[str, Any] = {}
     gt_rows: list[RunRow] = []
@@ -610,19 +666,22 @@ def evaluate(
         protocol["configs"]["full"] = gt_cfg
 
     # ---- from here on the store is written
-    invocation = {
+    invocation: dict[str, Any] = {
         "started": now_iso(),
         "space": space,
         "candidates": len(ids),
         "sources": [s.id for s in sources] + ([FULL_ID] if ground_truth is not None else []),
         "seeds": list(seeds),
-        "n_jobs": n_jobs,
+        # With a scheduler's cluster the workers are its own: n_jobs sized nothing.
+        "n_jobs": n_jobs if session is None or session.local else None,
         "backend": backend,
         "device": dev,
         "host": platform.node(),
         "torch": torch.__version__,
         "fast_options": (fast_options or FastOptions()).text,
     }
+    if session is not None:
+        invocation["cluster"] = session.describe()
     protocol.setdefault("invocations", []).append(invocation)
     if space is not None:
         protocol["space"] = space
@@ -643,7 +702,7 @@ def evaluate(
     counts = {"ok": 0, "diverged": 0, "failed": 0}
     # A bar at a terminal; elsewhere a line a minute, so a batch log shows it is alive.
     with progress_bar(len(pending), "evaluate", "run", enabled=progress) as bar:
-        on_gpu = torch.device(dev).type == "cuda"
+        on_gpu = dev.split(":")[0] == "cuda"
         batch = on_gpu if batch_seeds is None else batch_seeds
         together = on_gpu if batch_candidates is None else batch_candidates
         # Whole-data runs take hours each: grouped, an interrupt would lose a whole group's.
@@ -657,7 +716,7 @@ def evaluate(
             test,
             n_jobs=n_jobs,
             backend=backend,
-            scheduler=scheduler,
+            session=session,
             device=dev,
             trainer=trainer,
             options=fast_options,
@@ -670,6 +729,13 @@ def evaluate(
                 bar.update(1)
                 if on_result is not None:
                     on_result(row)
+        except ClusterError as exc:
+            trained = sum(counts.values())
+            start = "" if session is None or session.local else exc.restart
+            raise ClusterError(
+                f"{exc}; finished runs stored in {store.root}: {trained}, missing: {len(pending) - trained}; "
+                f"{start}rerun the same command to resume", exc.restart,
+            ) from exc
         finally:
             close = getattr(rows, "close", None)
             if close is not None:
@@ -805,6 +871,7 @@ def run_evaluation(
     batch_seeds: bool | None = None,
     batch_candidates: bool | None = None,
     fast_options: FastOptions | None = None,
+    cluster_timeout: float = DEFAULT_TIMEOUT,
 ) -> EvaluationResult:
     """``nas-proxy evaluate``: select candidates, load proxies and data, check everything, then evaluate.
 
@@ -814,6 +881,8 @@ def run_evaluation(
     learning-curve points of proxy / whole-data runs (:func:`nas_proxy.train.parse_curve`, e.g.
     ``"10,25,50,100"`` or ``"every,100s,500s"``). ``fidelity``: judge against whole-data
     accuracy after this many epochs (a recorded curve point; stored for ``report``).
+    ``backend="dask"``: see :func:`evaluate` (``scheduler``, ``device``, ``cluster_timeout``); the
+    data is loaded on the CPU here and each worker moves it to its own device.
     """
     from nas_proxy.data import DATASETS, load_dataset
     from nas_proxy.groundtruth import load_ground_truth
@@ -828,6 +897,8 @@ def run_evaluation(
         raise NasProxyError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if scheduler and backend != "dask":
         raise NasProxyError("--scheduler needs --backend dask")
+    if isinstance(scheduler, str):
+        parse_address(scheduler)  # a bad scheme fails here; whether it answers is checked before the store is written
     ranker_names = parse_rankers(rankers) if rankers else []
     if not (proxies or full or ground_truth or ranker_names):
         raise NasProxyError("nothing to evaluate: give --proxy PATH, --full, --ground-truth FILE or --rankers")
@@ -867,7 +938,8 @@ def run_evaluation(
                 f"{', '.join(map(str, sorted({*full_cfg.curve, full_cfg.epochs})))} (see --full-curve)"
             )
 
-    train, test = load_dataset(dataset, root=data_root, device=device)
+    # On a Dask cluster the workers choose their devices: the client keeps the data on its CPU.
+    train, test = load_dataset(dataset, root=data_root, device="cpu" if backend == "dask" else device)
     sources = [proxy_source(p, proxy_cfg, path=path) for p, path in loaded]
     for proxy, path in loaded:
         check_dataset(proxy, train, str(path))  # by content: the same data through any path
@@ -887,7 +959,7 @@ def run_evaluation(
         n_jobs=n_jobs,
         backend=backend,
         scheduler=scheduler,
-        device=dev,
+        device=device if backend == "dask" else dev,
         progress=progress,
         ground_truth=gt,
         rankers=ranker_names,
@@ -897,4 +969,5 @@ def run_evaluation(
         batch_candidates=batch_candidates,
         fast_options=fast_options,
         truth_fidelity=fidelity,
+        cluster_timeout=cluster_timeout,
     )

@@ -13,7 +13,9 @@ The pieces compose the usual Optuna way::
   ``epochs``, ``seed`` and ``status`` as trial user attributes.
 - Storage: :func:`default_storage` is a journal file (safe for several processes on one file
   system); :func:`open_storage` also takes any RDB URL (``sqlite:///x.db``,
-  ``postgresql://...``) for workers on several machines.
+  ``postgresql://...``) for workers on several machines. Several workers on one study:
+  :mod:`nas_proxy.studies` (heartbeats, per-trial sampler seeds, an exact budget with
+  :func:`nas_proxy.studies.run_trials`).
 
 Scores are accuracies in [0, 1]. A run whose loss diverges returns ``nan`` by default, which
 Optuna records as a FAIL trial (its user attr ``status`` is ``diverged``); samplers then ignore
@@ -41,9 +43,18 @@ from nas_proxy.fast import train_model_fast
 from nas_proxy.models import build_model, count_params
 from nas_proxy.proxies.artifact import ProxySet
 from nas_proxy.space import AXES, ArchSpec, SearchSpace
+from nas_proxy.studies import (
+    DEFAULT_HEARTBEAT,
+    HEARTBEAT_ATTR,
+    TrialSeededSampler,
+    configure_heartbeat,
+    default_storage,
+    default_storage_path,
+    open_storage,
+    uses_budget,
+)
 from nas_proxy.train import TrainConfig, accuracy
 
-DEFAULT_STUDY_DIR = Path("results") / "studies"
 # Intermediate reports score a fixed subset of the eval split: on a 100-image proxy, scoring all
 # 10,000 test images every epoch would cost far more than the training itself.
 DEFAULT_REPORT_IMAGES = 1000
@@ -258,53 +269,6 @@ def get_pruner(name: str) -> optuna.pruners.BasePruner:
 # ----------------------------------------------------------------------------- storage and studies
 
 
-def default_storage(path: str | Path) -> optuna.storages.JournalStorage:
-    """A journal-file storage at ``path``: appends under a file lock, safe for several processes."""
-    from optuna.storages.journal import JournalFileBackend
-
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    except OSError as exc:
-        raise NasProxyError(f"cannot open study journal {str(path)!r}: {exc.strerror or exc}") from exc
-
-
-def default_storage_path(study_name: str) -> Path:
-    """``results/studies/<study_name>.log``."""
-    return DEFAULT_STUDY_DIR / f"{study_name}.log"
-
-
-def _redact(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL is reported as given
-        return url
-
-
-def open_storage(
-    storage: str | Path | optuna.storages.BaseStorage | None, study_name: str
-) -> optuna.storages.BaseStorage:
-    """``None`` -> journal file under results/studies; ``scheme://...`` -> RDB; else a journal file path.
-
-    An RDB that cannot be reached (or whose driver is missing) raises one NasProxyError line.
-    """
-    if isinstance(storage, optuna.storages.BaseStorage):
-        return storage
-    if storage is None:
-        return default_storage(default_storage_path(study_name))
-    text = str(storage)
-    if "://" not in text:
-        return default_storage(text)
-    try:
-        return optuna.storages.RDBStorage(text)
-    except Exception as exc:  # sqlalchemy raises many types: driver missing, refused, bad URL
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NasProxyError(f"cannot open storage {_redact(text)!r}: {reason[:200]}") from exc
-
-
 def create_study(
     space: SearchSpace,
     sampler: str | optuna.samplers.BaseSampler = "tpe",
@@ -316,8 +280,9 @@ def create_study(
     *,
     user_attrs: Mapping[str, Any] | None = None,
     sampler_options: Mapping[str, Any] | None = None,
+    heartbeat: int | None = None,
 ) -> optuna.Study:
-    """Create or continue (``load_if_exists``) a study over ``space``.
+    """Create or continue (``load_if_exists``) a study over ``space``; any number of processes may share it.
 
     - ``multi_objective`` (default: ``sampler == "nsga2"``): directions (maximize accuracy,
       minimize params); such studies cannot prune, so ``pruner`` must be ``none``/``None``.
@@ -325,8 +290,13 @@ def create_study(
       the journal file ``results/studies/<name>.log``.
     - ``user_attrs`` (e.g. the proxy id and epochs) are written on a new study and checked on a
       continued one, so a study never mixes trials scored under different settings.
-    - A continued study seeds its sampler with ``seed + finished trials``: a reseeded random
-      sampler would otherwise propose the same architectures again.
+    - A sampler given by name samples trial *n* with the seed ``(seed, n)``
+      (:class:`nas_proxy.studies.TrialSeededSampler`): several workers with one seed run
+      different trials, and a continued study does not propose its first trials again. (The
+      grid sampler keeps ``seed``: it skips points other workers run or ran by itself.)
+    - ``heartbeat``: seconds between a running trial's heartbeats on a stored study (its trial
+      is failed and run again when they stop). A new study records its interval (default
+      :data:`nas_proxy.studies.DEFAULT_HEARTBEAT`) and every later worker uses it.
     """
     sampler_name = sampler if isinstance(sampler, str) else type(sampler).__name__
     multi = (sampler_name == "nsga2") if multi_objective is None else multi_objective
@@ -350,6 +320,9 @@ def create_study(
                     f"study {study_name!r} was run with {key}={existing[key]!r}, not {value!r}; "
                     f"choose another study name"
                 )
+    beat = _heartbeat(existing, heartbeat, study_name)
+    if store is not None:
+        configure_heartbeat(store, beat)
     study = optuna.create_study(
         storage=store,
         sampler=None,
@@ -361,12 +334,44 @@ def create_study(
     if existing is None:
         for key, value in attrs.items():
             study.set_user_attr(key, value)
-    finished = len(study.get_trials(deepcopy=False, states=_FINISHED))
+        # Two workers may create the study at the same moment: the later attrs won. Same settings: fine.
+        written = study.user_attrs
+        for key, value in attrs.items():
+            if written.get(key) != value:
+                raise NasProxyError(
+                    f"another worker started study {study_name!r} at the same moment with "
+                    f"{key}={written.get(key)!r}, not {value!r}; choose another study name"
+                )
+    if store is not None:
+        if HEARTBEAT_ATTR not in (existing or {}):
+            study.set_user_attr(HEARTBEAT_ATTR, beat)
+        # Of two first workers, the later write won: both use it (or one says it asked otherwise).
+        configure_heartbeat(store, _heartbeat(study.user_attrs, heartbeat, study_name))
     if isinstance(sampler, str):
-        study.sampler = get_sampler(sampler, space, seed + finished, **(sampler_options or {}))
+        options = dict(sampler_options or {})
+        shared = get_sampler(sampler, space, seed, **options)  # a bad option fails here, not in a trial
+        # The grid sampler needs one seed everywhere (it names grid points by their place in a
+        # seeded shuffle) and keeps workers apart itself, through the storage.
+        study.sampler = shared if sampler in _ONE_SEED else TrialSeededSampler(
+            lambda s: get_sampler(sampler, space, s, **options), seed
+        )
     else:
         study.sampler = sampler
     return study
+
+
+_ONE_SEED = frozenset({"grid"})
+
+
+def _heartbeat(existing: Mapping[str, Any] | None, asked: int | None, study_name: str | None) -> int:
+    """The study's heartbeat interval: a worker of an existing study uses the study's, and must not ask another."""
+    recorded = (existing or {}).get(HEARTBEAT_ATTR)
+    if recorded is not None and asked is not None and asked != recorded:
+        raise NasProxyError(
+            f"study {study_name!r} sends heartbeats every {recorded} s (every worker of a study must): "
+            f"leave out --heartbeat or give {recorded}"
+        )
+    return int(asked or recorded or DEFAULT_HEARTBEAT)
 
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -387,18 +392,16 @@ def _existing_attrs(store: optuna.storages.BaseStorage | None, study_name: str |
 
 def counted_trials(study: optuna.Study) -> int:
     """Trials that used up budget: complete, pruned, or failed by divergence (not interrupted ones)."""
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=_FINISHED):
-        if t.state != TrialState.FAIL or t.user_attrs.get("status") == "diverged":
-            n += 1
-    return n
+    return sum(1 for t in study.get_trials(deepcopy=False, states=_FINISHED) if uses_budget(t))
 
 
 def stop_after(n_trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
     """A callback that stops the study once ``n_trials`` trials count (see :func:`counted_trials`).
 
     Unlike ``optimize(n_trials=...)`` this is a total over every process and every rerun, so
-    several workers, or a rerun after Ctrl-C, together finish exactly the study's budget.
+    a rerun after Ctrl-C finishes the study's budget. With several workers at once it is checked
+    after each trial, so trials started meanwhile can exceed it; use
+    :func:`nas_proxy.studies.run_trials` for an exact budget.
     """
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
