@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nas_proxy.cli import OneLineParser
-from nas_proxy.fast import train_many
+from nas_proxy.plan import train_many
 from nas_proxy.train import TrainConfig
 
 from _common import Comparison, describe, machine, write_record

@@ -9,7 +9,7 @@ proxy (``--proxy PATH``, or ``ipc`` random real images per class drawn here) and
 - the project's evaluator, ``nas_proxy.evaluate.evaluate(..., trainer=...)`` (what ``nas-proxy
   evaluate`` runs, rows written to a results store), in variants ``<trainer>:<n_jobs>``: trainer
   ``plain`` (``nas_proxy.train.train_and_evaluate``), ``fast``
-  (``nas_proxy.fast.train_and_evaluate_fast``) or ``grouped`` (``evaluate(batch_candidates=True)``:
+  (``nas_proxy.plan.train_and_evaluate_fast``) or ``grouped`` (``evaluate(batch_candidates=True)``:
   candidates of equal depth, width and pooling as one stacked network, the GPU path), ``n_jobs``
   worker processes of one torch thread.
 
@@ -54,19 +54,19 @@ from nas_proxy.cli import OneLineParser
 from nas_proxy.data import Split, load_dataset, make_synthetic
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
-from nas_proxy.fast import FastOptions, group_key
 from nas_proxy.models import build_model
 from nas_proxy.space import ArchSpec
+from nas_proxy.stacked import FastOptions, group_key
 from nas_proxy.train import TrainConfig
 
 from _common import Comparison, describe, machine, record_target, write_record
 
 TRAINERS: dict[str, str] = {
     "plain": "nas_proxy.train.train_and_evaluate",
-    "fast": "nas_proxy.fast.train_and_evaluate_fast",
+    "fast": "nas_proxy.plan.train_and_evaluate_fast",
     # The evaluator's batch_candidates: candidates of equal depth, width and pooling as one stacked
-    # network (nas_proxy.fast.train_candidates); a run that fails there is retried with the fast trainer.
-    "grouped": "nas_proxy.fast.train_and_evaluate_fast",
+    # network (nas_proxy.plan.train_candidates); a run that fails there is retried with the fast trainer.
+    "grouped": "nas_proxy.plan.train_and_evaluate_fast",
 }
 _CHILD_TAG = "SWEEP-CHILD-RESULT "
 

@@ -1,4 +1,4 @@
-"""Proxy training, side by side: R seeds of one candidate, the plain loop vs ``nas_proxy.fast.train_many``.
+"""Proxy training, side by side: R seeds of one candidate, the plain loop vs ``nas_proxy.plan.train_many``.
 
 The NAS protocol trains every candidate 100 epochs on a 100-image proxy (10 per class, batch 256:
 one SGD step an epoch). For a narrow, the default and a wide candidate this script times
@@ -33,15 +33,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nas_proxy import fused
+from nas_proxy import kernels
 from nas_proxy.cli import OneLineParser
 from nas_proxy.data import Split, load_dataset, make_synthetic
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
-from nas_proxy.fast import Plan, choose_plan, train_many, train_stacked
 from nas_proxy.microbatch import keep_freed_memory
 from nas_proxy.models import build_model, count_flops
+from nas_proxy.plan import Plan, choose_plan, micro_batch_budget, train_many
 from nas_proxy.space import ArchSpec
+from nas_proxy.stacked import train_stacked
 from nas_proxy.train import TrainConfig, train_model
 
 from _common import Comparison, Timer, describe, machine, max_relative_diff, record_target, write_record
@@ -130,7 +131,8 @@ def relative_difference(a: nn.Module, b: nn.Module) -> float:
 def _train_seed0(
     spec: ArchSpec, train: Split, cfg: TrainConfig, stack: list[int], inner: str, worker: bool
 ) -> nn.Module:
-    if worker:  # what nas_proxy.fast's workers set up before training
+    budget = micro_batch_budget(in_workers=worker)  # the plan's budget for a worker, or for this process
+    if worker:  # what nas_proxy.plan's workers set up before training
         torch.set_num_threads(1)
         keep_freed_memory()
     models = [
@@ -138,9 +140,9 @@ def _train_seed0(
         for s in stack
     ]
     if inner == "stacked":
-        train_stacked(models, train, cfg, stack)
+        train_stacked(models, train, cfg, stack, micro_batch_bytes=budget)
     else:
-        train_model(models[0], train, cfg, stack[0])
+        train_model(models[0], train, cfg, stack[0], micro_batch_bytes=budget)
     return models[0].cpu()
 
 
@@ -393,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
         "param_tol: 1e-3 or twice the largest floor, whichever is larger; float64_floor (with --float64-floor): "
         "the reference's seed 0 in float32 against the same loop in float64, the error of float32 arithmetic itself",
         "ours on a CPU fuses each group norm -> ReLU -> average pooling block of a stacked network into one kernel "
-        f"(nas_proxy.fused; available here: {'yes' if fused.available() else 'no'}): the same arithmetic, summed "
+        f"(nas_proxy.kernels; available here: {'yes' if kernels.available() else 'no'}): the same arithmetic, summed "
         "in another order",
         "ours on a CPU runs a batch of a net without BatchNorm in micro-batches of a few MiB (nas_proxy.microbatch: "
         "the same gradient up to float rounding), the reference in one piece",

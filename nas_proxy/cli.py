@@ -13,13 +13,18 @@ import errno
 import importlib
 import json
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING
 
 from nas_proxy.errors import NasProxyError, one_line
 from nas_proxy.log import debug_enabled, plain_warnings
+
+if TYPE_CHECKING:  # the CLI imports a command's modules when the command runs: `--help` stays fast
+    from nas_proxy.plan import ExecutionSettings
 
 Command = Callable[[argparse.Namespace], int]
 AddCommand = Callable[["argparse._SubParsersAction[OneLineParser]"], None]
@@ -393,24 +398,42 @@ def _bar(args: argparse.Namespace) -> bool:
     return not args.no_progress
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from nas_proxy.evaluate import run_evaluation
-    from nas_proxy.fast import FastOptions
+# The execution settings' fields as the evaluate command's flags name them (for their one-line errors).
+_EXECUTION_FLAGS = {"n_jobs": "--n-jobs", "backend": "--backend", "scheduler": "--scheduler"}
+
+
+def _execution(args: argparse.Namespace) -> ExecutionSettings:
+    """The evaluate command's execution settings, checked once (errors name the flags)."""
+    from nas_proxy.plan import ExecutionSettings
+    from nas_proxy.stacked import FastOptions
 
     if args.cluster_timeout <= 0:
         raise NasProxyError(f"--cluster-timeout must be positive, got {args.cluster_timeout:g}")
-    # A Dask cluster's workers, lost and joined, as it happens; Dask's own log lines say the same, noisily.
-    with log_lines("nas_proxy.cluster", quiet=("distributed",) if args.backend == "dask" else ()):
+    auto = {"auto": None, "yes": True, "no": False}
+    try:
+        return ExecutionSettings(
+            n_jobs=args.n_jobs, backend=args.backend, scheduler=args.scheduler, device=args.device,
+            batch_seeds=auto[args.batch_seeds], batch_candidates=auto[args.batch_candidates],
+            fast=FastOptions.parse(args.fast_options), cluster_timeout=args.cluster_timeout,
+        )
+    except NasProxyError as exc:
+        pattern = r"\b(" + "|".join(_EXECUTION_FLAGS) + r")\b"
+        raise NasProxyError(re.sub(pattern, lambda m: _EXECUTION_FLAGS[m.group(1)], str(exc), count=2)) from None
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from nas_proxy.evaluate import run_evaluation
+
+    execution = _execution(args)
+    # A Dask cluster's workers, lost and joined, as it happens; Dask's own log lines say the same,
+    # noisily. A stacked task that fell back to one run at a time says so (nas_proxy.plan).
+    with log_lines("nas_proxy.cluster", "nas_proxy.plan", quiet=("distributed",) if args.backend == "dask" else ()):
         res = run_evaluation(
             space=args.space, dataset=args.dataset, proxies=args.proxy or [], full=args.full,
             early_stopping=args.early_stopping, sample=args.sample, sample_seed=args.seed, pattern=args.filter,
             epochs=args.epochs, full_epochs=args.full_epochs, curve=args.curve, full_curve=args.full_curve,
-            fidelity=args.fidelity, seeds=args.seeds, out_dir=args.out, n_jobs=args.n_jobs,
-            backend=args.backend, scheduler=args.scheduler, rankers=args.rankers or (),
-            ground_truth=args.ground_truth, data_root=args.data_root, device=args.device, progress=_bar(args),
-            batch_seeds={"auto": None, "yes": True, "no": False}[args.batch_seeds],
-            batch_candidates={"auto": None, "yes": True, "no": False}[args.batch_candidates],
-            fast_options=FastOptions.parse(args.fast_options), cluster_timeout=args.cluster_timeout,
+            fidelity=args.fidelity, seeds=args.seeds, out_dir=args.out, rankers=args.rankers or (),
+            ground_truth=args.ground_truth, data_root=args.data_root, progress=_bar(args), execution=execution,
         )
     print(f"store:    {res.out_dir}")
     print(f"runs:     {res.planned} planned, {res.skipped} already stored, {res.trained} trained now "

@@ -5,11 +5,13 @@ whole training set (``"full"``, the ground truth), or early stopping (the whole 
 SGD steps as a proxy run takes). The evaluator does not care which: it runs every
 ``(candidate, source, seed)`` not yet in the results store and appends each row as it finishes.
 
-Parallelism: ``n_jobs > 1`` runs tasks on joblib's loky process pool with one torch thread per
-worker; the data goes to each worker once (a memory-mapped file per Split, cached in the worker),
-not once per task. ``backend="dask"`` runs the same tasks on a Dask cluster
-(:mod:`nas_proxy.cluster`: an address, a ``distributed.Client``, or a LocalCluster started
-here), checked before anything is written, with the Splits sent to every worker once and
+How runs execute (which train together as one stacked network, the micro-batch budget) is the
+execution plan's decision (:func:`nas_proxy.plan.plan_runs`); this module sends the plan's tasks
+to the backend and stores their rows. Parallelism: ``n_jobs > 1`` runs tasks on joblib's loky
+process pool with one torch thread per worker; the data goes to each worker once (a
+memory-mapped file per Split, cached in the worker), not once per task. ``backend="dask"`` runs
+the same tasks on a Dask cluster (:mod:`nas_proxy.cluster`: an address, a ``distributed.Client``,
+or a LocalCluster started here), checked before anything is written, with the Splits sent to every worker once and
 released at the end, each worker training on its own device, and a lost worker's tasks run
 again elsewhere.
 """
@@ -21,32 +23,30 @@ import math
 import platform
 import tempfile
 import weakref
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 import torch
+from joblib import Parallel, delayed
 
-from nas_proxy.cluster import DEFAULT_TIMEOUT, ClusterError, DaskSession, connect, parse_address
+from nas_proxy.cluster import DEFAULT_TIMEOUT, ClusterError, DaskSession, connect
 from nas_proxy.data import Split
-from nas_proxy.device import resolve_device
+from nas_proxy.device import on_cpu, resolve_device
 from nas_proxy.errors import NasProxyError
-from nas_proxy.fast import FastOptions, group_key, stacks_fused, train_candidates, train_many
 from nas_proxy.log import progress_bar
 from nas_proxy.microbatch import keep_freed_memory
+from nas_proxy.plan import DataShape, ExecutionPlan, ExecutionSettings, Run, Trainer, plan_runs, train_task
 from nas_proxy.proxies.artifact import ProxySet
 from nas_proxy.space import ArchSpec
+from nas_proxy.stacked import FastOptions
 from nas_proxy.store import STORE_FORMAT, ResultsStore, RunRow, ScoreRow, now_iso
 from nas_proxy.train import RunOutcome, TrainConfig, parse_curve, train_and_evaluate
 
-BACKENDS: tuple[str, ...] = ("loky", "dask")
 SOURCE_KINDS: tuple[str, ...] = ("proxy", "early", "full")
 FULL_ID = "full"
-
-# (spec or id, train, test, config, seed) -> RunOutcome; the batched trainer of issue 6 plugs in here.
-Trainer = Callable[[ArchSpec | str, Split, Split, TrainConfig, int], RunOutcome]
 
 
 # ----------------------------------------------------------------------------- training sources
@@ -268,65 +268,23 @@ def _run_group(
     threads: int | None,
     trainer: Trainer,
     options: FastOptions | None = None,
+    micro_batch_bytes: int | None = None,
 ) -> list[RunRow]:
-    """The runs of one task; any exception becomes 'failed' rows so the sweep goes on.
-
-    One job goes through ``trainer``. Several go through the stacked path together: the seeds of
-    a candidate (``batch_seeds``) through :func:`nas_proxy.fast.train_many`, candidates of one
-    group (``batch_candidates``) through :func:`nas_proxy.fast.train_candidates`. If that fails,
-    each job is retried alone through ``trainer``, so one bad run marks only itself. ``options``:
-    the stacked path's speed switches. ``device`` None: this process's own (a Dask worker's,
-    :func:`nas_proxy.device.resolve_device`).
-    """
+    """The rows of one task of the plan (:func:`nas_proxy.plan.train_task`); a run's exception
+    becomes its 'failed' row so the sweep goes on. ``device`` None: this process's own (a Dask
+    worker's, :func:`nas_proxy.device.resolve_device`)."""
     device = str(resolve_device(device)) if device is None else device
     if threads is not None:  # a worker process of ours
         torch.set_num_threads(threads)
-        keep_freed_memory()
+        keep_freed_memory()  # fast larger micro-batches: the plan gave its workers their budget
     # A worker process keeps a device copy of what it received for its next tasks (Dask's Splits).
     tr, te = _materialize(train, device, threads is not None), _materialize(test, device, threads is not None)
-    if len(group) > 1:
-        started = now_iso()
-        first = group[0]
-        try:
-            if len({j.arch_id for j in group}) == 1:
-                seeds = [j.seed for j in group]
-                outs = train_many(first.arch_id, tr, te, first.config, seeds, n_jobs=1, options=options)
-            else:
-                runs = [(j.arch_id, j.seed) for j in group]
-                outs = train_candidates(runs, tr, te, first.config, options=options)
-            return [_row(job, out, started) for job, out in zip(group, outs, strict=True)]
-        except Exception:  # retried one by one below: the failing run gets its own reason
-            pass
-    rows = []
-    for job in group:
-        started = now_iso()
-        try:
-            rows.append(_row(job, trainer(job.arch_id, tr, te, job.config, job.seed), started))
-        except Exception as exc:  # one candidate's failure (OOM, a bad shape) must not end the sweep
-            rows.append(_row(job, exc, started))
-    return rows
-
-
-def _groups(
-    jobs: Sequence[_Job],
-    batch_seeds: bool,
-    grouped_sources: Collection[str] = (),
-    fused_sources: Collection[str] = (),
-) -> list[list[_Job]]:
-    """Jobs as tasks: one each; with ``batch_seeds`` the seeds of one (candidate, source) together,
-    and on ``fused_sources`` those of candidates whose stacked blocks fuse
-    (:func:`nas_proxy.fast.stacks_fused`); on ``grouped_sources`` every run whose architecture has
-    the same :func:`nas_proxy.fast.group_key` (seeds included) together."""
-    out: dict[tuple[Any, ...], list[_Job]] = {}
-    for i, j in enumerate(jobs):
-        if j.source_id in grouped_sources:
-            what: Any = group_key(ArchSpec.from_id(j.arch_id))
-        elif batch_seeds or (j.source_id in fused_sources and stacks_fused(ArchSpec.from_id(j.arch_id))):
-            what = j.arch_id
-        else:
-            what = i
-        out.setdefault((what, j.source_id, j.config.hash), []).append(j)
-    return list(out.values())
+    started = now_iso()
+    runs = [(j.arch_id, j.seed) for j in group]
+    outs = train_task(
+        runs, tr, te, group[0].config, options=options, micro_batch_bytes=micro_batch_bytes, trainer=trainer
+    )
+    return [_row(job, out, started) for job, out in zip(group, outs, strict=True)]
 
 
 def protocol_of(sources: Sequence[TrainingSource], test: Split) -> dict[str, Any]:
@@ -387,8 +345,6 @@ def _validate(
     sources: Sequence[TrainingSource],
     test: Split,
     seeds: Sequence[int],
-    n_jobs: int,
-    backend: str,
 ) -> list[str]:
     if not specs:
         raise NasProxyError("no candidate architectures to evaluate")
@@ -401,10 +357,6 @@ def _validate(
         raise NasProxyError("at least one training seed is needed")
     if len(set(seeds)) != len(seeds):
         raise NasProxyError(f"training seeds repeat: {list(seeds)}")
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or (n_jobs < 1 and n_jobs != -1):
-        raise NasProxyError(f"n_jobs must be a positive integer (or -1 for all cores), got {n_jobs!r}")
-    if backend not in BACKENDS:
-        raise NasProxyError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     seen: set[str] = set()
     for s in sources:
         if s.id in seen:
@@ -445,6 +397,12 @@ def _merged_protocol(
     return merged
 
 
+def _runs(jobs: Sequence[_Job], sources: Sequence[TrainingSource]) -> list[Run]:
+    """The jobs as the plan sees them: runs of one source and config may train together."""
+    kinds = {s.id: s.kind for s in sources}
+    return [Run(j.arch_id, j.seed, f"{j.source_id}/{j.config.hash}", kinds[j.source_id] == "full") for j in jobs]
+
+
 def _jobs(ids: Sequence[str], sources: Sequence[TrainingSource], seeds: Sequence[int]) -> list[_Job]:
     # Source-major: each source's runs are contiguous, so its wall time is measured cleanly,
     # and the cheap proxies (listed first) finish before the expensive whole-data runs.
@@ -470,27 +428,26 @@ class EvaluationResult:
 
 
 def _execute(
-    groups: Sequence[Sequence[_Job]],
+    jobs: Sequence[_Job],
+    plan: ExecutionPlan,
     sources: Sequence[TrainingSource],
     test: Split,
     *,
-    n_jobs: int,
     backend: str,
     session: DaskSession | None,
-    device: str,
     trainer: Trainer,
-    options: FastOptions | None = None,
 ) -> Iterator[RunRow]:
-    """Yield rows as they finish (any order); each task is a group of jobs (see :func:`_groups`)."""
+    """Yield rows as they finish (any order); each of the plan's tasks is a group of jobs."""
+    groups = [[jobs[i] for i in task] for task in plan.tasks]
+    how = (plan.options, plan.micro_batch_bytes)  # what every task trains under
+    device = plan.device
     by_id = {s.id: s for s in sources}
     used = list(dict.fromkeys(g[0].source_id for g in groups))  # the sources in use (a group shares one)
-    if backend == "loky" and n_jobs == 1:
+    if backend == "loky" and plan.workers == 1:
         for group in groups:
-            yield from _run_group(group, by_id[group[0].source_id].split, test, device, None, trainer, options)
+            yield from _run_group(group, by_id[group[0].source_id].split, test, device, None, trainer, *how)
         return
     if backend == "loky":
-        from joblib import Parallel, delayed
-
         with tempfile.TemporaryDirectory(prefix="nas-proxy-data-") as tmp:
             # One file per distinct Split: early stopping and the whole data share theirs.
             files: dict[int, _SplitFile] = {}
@@ -500,9 +457,9 @@ def _execute(
                     files[id(split)] = _save_split(split, Path(tmp) / f"train-{i}.pt")
             refs = {sid: files[id(by_id[sid].split)] for sid in used}
             test_ref = _save_split(test, Path(tmp) / "test.pt")
-            parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
+            parallel = Parallel(n_jobs=plan.workers, backend="loky", return_as="generator_unordered")
             for rows in parallel(
-                delayed(_run_group)(g, refs[g[0].source_id], test_ref, device, 1, trainer, options) for g in groups
+                delayed(_run_group)(g, refs[g[0].source_id], test_ref, device, 1, trainer, *how) for g in groups
             ):
                 yield from rows
         return
@@ -512,10 +469,10 @@ def _execute(
     cpu: dict[int, Split] = {}
     for s in [by_id[sid].split for sid in used] + [test]:
         if id(s) not in cpu:
-            cpu[id(s)] = s if s.device.type == "cpu" else s.to("cpu")
+            cpu[id(s)] = s if on_cpu(s.device) else s.to("cpu")
     with session.share([cpu[id(by_id[sid].split)] for sid in used] + [cpu[id(test)]]) as shared:
         by_source = dict(zip(used, shared, strict=False))
-        tasks = [(g, by_source[g[0].source_id], shared[-1], session.device, 1, trainer, options) for g in groups]
+        tasks = [(g, by_source[g[0].source_id], shared[-1], session.device, 1, trainer, *how) for g in groups]
 
         def failed(i: int, exc: BaseException) -> list[RunRow]:
             # A task that killed its workers (out of memory?) marks its own runs; the sweep goes on.
@@ -566,6 +523,7 @@ def evaluate(
     fast_options: FastOptions | None = None,
     truth_fidelity: int | None = None,
     cluster_timeout: float = DEFAULT_TIMEOUT,
+    execution: ExecutionSettings | None = None,
 ) -> EvaluationResult:
     """Train each candidate on each source with each seed, skipping runs already stored in ``out_dir``.
 
@@ -577,18 +535,18 @@ def evaluate(
     :class:`nas_proxy.groundtruth.GroundTruth`) supplies the whole-data rows instead of training
     them. ``rankers`` (names from :mod:`nas_proxy.zero_cost`) score every candidate without
     training, on a batch of ``ranker_train``. ``on_result`` sees every stored row (tests use it
-    to interrupt a run). ``batch_seeds``: train the seeds of a candidate together
-    (:func:`nas_proxy.fast.train_many`: one stacked network on a GPU); None = on a GPU, and on a
-    CPU for proxy runs of candidates whose stacked blocks fuse (:func:`nas_proxy.fast.stacks_fused`:
-    small avg-pooled nets with instance or group norm, 1.5-1.8x there; elsewhere on a CPU stacking
-    barely pays, 1.01-1.04x, and the worker processes of ``n_jobs`` are the fast path).
-    ``batch_candidates``: train candidates of equal depth, width and pooling together, with all
-    their seeds (:func:`nas_proxy.fast.train_candidates`: convnet720 is 48 such groups), on
-    proxies and early stopping (whole-data runs stay one by one); None = on a GPU only (on a CPU
-    it measured 0.3-0.6x). The rows of a group are stored when the group finishes.
-    ``fast_options``: speed switches of those stacked runs (:class:`nas_proxy.fast.FastOptions`,
-    e.g. channels_last or bf16 on a GPU; recorded in the store's invocation). ``truth_fidelity``:
-    the whole-data epoch the report judges against by default (read off the learning curves).
+    to interrupt a run). ``truth_fidelity``: the whole-data epoch the report judges against by
+    default (read off the learning curves).
+
+    How the runs execute: ``execution`` (:class:`nas_proxy.plan.ExecutionSettings`), or the same
+    settings as keywords (``n_jobs``, ``backend``, ``scheduler``, ``device``, ``batch_seeds``,
+    ``batch_candidates``, ``fast_options``, ``cluster_timeout``), not both. The plan
+    (:func:`nas_proxy.plan.plan_runs`) decides from them which runs train together: ``batch_seeds``
+    stacks the seeds of a candidate, ``batch_candidates`` candidates of equal depth, width and
+    pooling with all their seeds (proxies and early stopping; whole-data runs stay one by one);
+    None lets the plan choose. The rows of a group are stored when the group finishes.
+    ``fast_options``: speed switches of those stacked runs (recorded in the store's invocation).
+    ``trainer``: how a run that trains alone trains (default the reference loop).
 
     ``backend="dask"``: ``scheduler`` is an address, a ``distributed.Client`` or None (a
     LocalCluster of ``n_jobs`` processes); the cluster is connected and checked
@@ -598,25 +556,28 @@ def evaluate(
     all of them. Losing every worker raises :class:`nas_proxy.cluster.ClusterError` after storing
     every finished row; rerunning the call resumes.
     """
-    ids = _validate(specs, sources, test, seeds, n_jobs, backend)
-    with _session(backend, scheduler, n_jobs, device, cluster_timeout) as session:
+    keywords = ExecutionSettings(
+        n_jobs, backend, scheduler, device, batch_seeds, batch_candidates, fast_options or FastOptions(),
+        cluster_timeout,
+    )  # fmt: skip
+    if execution is not None and keywords != ExecutionSettings():
+        raise NasProxyError("give the execution settings as execution= or as keywords, not both")
+    settings = execution or keywords
+    ids = _validate(specs, sources, test, seeds)
+    with _session(settings) as session:
         return _evaluate(
-            ids, sources, test, session, out_dir=out_dir, seeds=seeds, n_jobs=n_jobs, backend=backend,
-            device=device, progress=progress, trainer=trainer, ground_truth=ground_truth, rankers=rankers,
-            ranker_train=ranker_train, space=space, on_result=on_result, batch_seeds=batch_seeds,
-            batch_candidates=batch_candidates, fast_options=fast_options, truth_fidelity=truth_fidelity,
+            ids, sources, test, session, out_dir=out_dir, seeds=seeds, settings=settings, progress=progress,
+            trainer=trainer, ground_truth=ground_truth, rankers=rankers, ranker_train=ranker_train, space=space,
+            on_result=on_result, truth_fidelity=truth_fidelity,
         )
 
 
-def _session(
-    backend: str, scheduler: Any, n_jobs: int, device: str | torch.device | None, timeout: float
-) -> AbstractContextManager[DaskSession | None]:
+def _session(settings: ExecutionSettings) -> AbstractContextManager[DaskSession | None]:
     """A checked Dask cluster for ``backend="dask"`` (closed when the block ends), else nothing."""
-    if backend != "dask":
-        if scheduler:
-            raise NasProxyError("a Dask scheduler needs backend 'dask' (--backend dask)")
+    if settings.backend != "dask":
         return nullcontext()
-    return connect(scheduler, n_jobs=n_jobs, device=None if device is None else str(device), timeout=timeout)
+    device = None if settings.device is None else str(settings.device)
+    return connect(settings.scheduler, n_jobs=settings.n_jobs, device=device, timeout=settings.cluster_timeout)
 
 
 def _evaluate(
@@ -627,9 +588,7 @@ def _evaluate(
     *,
     out_dir: str | Path,
     seeds: Sequence[int],
-    n_jobs: int,
-    backend: str,
-    device: str | torch.device | None,
+    settings: ExecutionSettings,
     progress: bool,
     trainer: Trainer,
     ground_truth: Any,
@@ -637,14 +596,11 @@ def _evaluate(
     ranker_train: Split | None,
     space: str | None,
     on_result: Callable[[RunRow], None] | None,
-    batch_seeds: bool | None,
-    batch_candidates: bool | None,
-    fast_options: FastOptions | None,
     truth_fidelity: int | None,
 ) -> EvaluationResult:
     """:func:`evaluate` once its inputs are valid and its cluster (if any) is checked."""
     # On a Dask cluster each worker resolves its own device: the client's may not even exist there.
-    dev = session.device_label if session is not None else str(resolve_device(device))
+    dev = session.device_label if session is not None else str(resolve_device(settings.device))
     store = ResultsStore(out_dir)
     extra: dict[str, Any] = {}
     gt_rows: list[RunRow] = []
@@ -673,12 +629,12 @@ def _evaluate(
         "sources": [s.id for s in sources] + ([FULL_ID] if ground_truth is not None else []),
         "seeds": list(seeds),
         # With a scheduler's cluster the workers are its own: n_jobs sized nothing.
-        "n_jobs": n_jobs if session is None or session.local else None,
-        "backend": backend,
+        "n_jobs": settings.n_jobs if session is None or session.local else None,
+        "backend": settings.backend,
         "device": dev,
         "host": platform.node(),
         "torch": torch.__version__,
-        "fast_options": (fast_options or FastOptions()).text,
+        "fast_options": settings.fast.text,
     }
     if session is not None:
         invocation["cluster"] = session.describe()
@@ -702,25 +658,8 @@ def _evaluate(
     counts = {"ok": 0, "diverged": 0, "failed": 0}
     # A bar at a terminal; elsewhere a line a minute, so a batch log shows it is alive.
     with progress_bar(len(pending), "evaluate", "run", enabled=progress) as bar:
-        on_gpu = dev.split(":")[0] == "cuda"
-        batch = on_gpu if batch_seeds is None else batch_seeds
-        together = on_gpu if batch_candidates is None else batch_candidates
-        # Whole-data runs take hours each: grouped, an interrupt would lose a whole group's.
-        proxies = {s.id for s in sources if s.kind != "full"}
-        grouped = proxies if together else set()
-        # auto on a CPU: seeds together where the stacked network's blocks fuse (1.5-1.8x there).
-        fused_auto = proxies if batch_seeds is None and not on_gpu else set()
-        rows = _execute(
-            _groups(pending, batch, grouped, fused_auto),
-            sources,
-            test,
-            n_jobs=n_jobs,
-            backend=backend,
-            session=session,
-            device=dev,
-            trainer=trainer,
-            options=fast_options,
-        )
+        plan = plan_runs(_runs(pending, sources), DataShape.of(test), settings, dev)
+        rows = _execute(pending, plan, sources, test, backend=settings.backend, session=session, trainer=trainer)
         try:
             for row in rows:
                 store.append(row)
@@ -860,18 +799,11 @@ def run_evaluation(
     fidelity: int | None = None,
     seeds: Sequence[int] = (0,),
     out_dir: str | Path,
-    n_jobs: int = 1,
-    backend: str = "loky",
-    scheduler: Any = None,
     rankers: str | Sequence[str] = (),
     ground_truth: str | Path | None = None,
     data_root: str | Path | None = None,
-    device: str | None = None,
     progress: bool = True,
-    batch_seeds: bool | None = None,
-    batch_candidates: bool | None = None,
-    fast_options: FastOptions | None = None,
-    cluster_timeout: float = DEFAULT_TIMEOUT,
+    execution: ExecutionSettings | None = None,
 ) -> EvaluationResult:
     """``nas-proxy evaluate``: select candidates, load proxies and data, check everything, then evaluate.
 
@@ -881,8 +813,9 @@ def run_evaluation(
     learning-curve points of proxy / whole-data runs (:func:`nas_proxy.train.parse_curve`, e.g.
     ``"10,25,50,100"`` or ``"every,100s,500s"``). ``fidelity``: judge against whole-data
     accuracy after this many epochs (a recorded curve point; stored for ``report``).
-    ``backend="dask"``: see :func:`evaluate` (``scheduler``, ``device``, ``cluster_timeout``); the
-    data is loaded on the CPU here and each worker moves it to its own device.
+    ``execution``: how the runs execute (workers, backend, device, batching; checked when made).
+    With ``backend="dask"`` (see :func:`evaluate`) the data is loaded on the CPU here and each
+    worker moves it to its own device.
     """
     from nas_proxy.data import DATASETS, load_dataset
     from nas_proxy.groundtruth import load_ground_truth
@@ -890,15 +823,9 @@ def run_evaluation(
     from nas_proxy.proxies.artifact import check_dataset
     from nas_proxy.space import load_space
 
-    # Cheap checks first: options, names and files, before any data is loaded.
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or (n_jobs < 1 and n_jobs != -1):
-        raise NasProxyError(f"--n-jobs must be a positive integer (or -1 for all cores), got {n_jobs!r}")
-    if backend not in BACKENDS:
-        raise NasProxyError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    if scheduler and backend != "dask":
-        raise NasProxyError("--scheduler needs --backend dask")
-    if isinstance(scheduler, str):
-        parse_address(scheduler)  # a bad scheme fails here; whether it answers is checked before the store is written
+    # Cheap checks first: names and files, before any data is loaded (the settings checked themselves).
+    execution = execution or ExecutionSettings()
+    dask = execution.backend == "dask"
     ranker_names = parse_rankers(rankers) if rankers else []
     if not (proxies or full or ground_truth or ranker_names):
         raise NasProxyError("nothing to evaluate: give --proxy PATH, --full, --ground-truth FILE or --rankers")
@@ -939,7 +866,7 @@ def run_evaluation(
             )
 
     # On a Dask cluster the workers choose their devices: the client keeps the data on its CPU.
-    train, test = load_dataset(dataset, root=data_root, device="cpu" if backend == "dask" else device)
+    train, test = load_dataset(dataset, root=data_root, device="cpu" if dask else execution.device)
     sources = [proxy_source(p, proxy_cfg, path=path) for p, path in loaded]
     for proxy, path in loaded:
         check_dataset(proxy, train, str(path))  # by content: the same data through any path
@@ -956,18 +883,11 @@ def run_evaluation(
         test,
         out_dir=out_dir,
         seeds=seeds,
-        n_jobs=n_jobs,
-        backend=backend,
-        scheduler=scheduler,
-        device=device if backend == "dask" else dev,
         progress=progress,
         ground_truth=gt,
         rankers=ranker_names,
         ranker_train=train,
         space=search_space.name,
-        batch_seeds=batch_seeds,
-        batch_candidates=batch_candidates,
-        fast_options=fast_options,
         truth_fidelity=fidelity,
-        cluster_timeout=cluster_timeout,
+        execution=execution if dask else replace(execution, device=dev),
     )

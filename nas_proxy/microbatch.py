@@ -8,7 +8,9 @@ whose widest activation is a few MiB stay in memory the allocator reuses. Their 
 are the batch's gradient up to float rounding, and peak memory drops with them. On the project's
 2-core EPYC a training step got 1.2x-2.0x faster from width 8 to 256, and DC's real gradient 1.8x.
 A user's process keeps its allocator settings; this needs none. Our own worker processes raise
-glibc's mmap threshold instead (:func:`keep_freed_memory`), and their pieces may then be larger.
+glibc's mmap threshold instead (:func:`keep_freed_memory`), and their pieces may then be larger:
+the execution plan (:mod:`nas_proxy.plan`) says which budget a run gets, so a run's float rounding
+follows from its plan, never from what the process did before.
 
 Only nets whose layers treat images independently may be split: BatchNorm in training mode
 normalises with its batch's statistics, so such batches stay whole (:func:`splittable`). A GPU
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_proxy.device import on_cpu
 from nas_proxy.space import ArchSpec
 
 # The widest activation of one micro-batch. 4 MiB was the fastest budget measured over widths
@@ -36,8 +39,6 @@ MICRO_BATCH_BYTES = 4 << 20
 # 32 MiB pieces reach glibc's mmap threshold again (W32: 141 ms against 85 ms a step).
 KEPT_MEMORY_MICRO_BATCH_BYTES = 16 << 20
 
-_memory_kept = False  # set by keep_freed_memory(): a property of this process's allocator
-
 
 def keep_freed_memory() -> None:
     """Stop glibc from handing activation buffers back to the OS after every step (Linux only).
@@ -45,10 +46,10 @@ def keep_freed_memory() -> None:
     A narrow net's activations are a few MB each: above glibc's mmap threshold, so every step maps
     fresh pages and faults them in, zeroed, which costs as much as the arithmetic (seen as slow
     ``threshold_backward`` and ``fill_`` in a profile). Worker processes are ours to tune (the
-    evaluator's and ``fast.train_many``'s); a user's own process is left alone. Micro-batches in
-    this process may then be up to :data:`KEPT_MEMORY_MICRO_BATCH_BYTES`.
+    evaluator's and ``plan.train_many``'s); a user's own process is left alone. The plans of such
+    workers give their runs micro-batches of up to :data:`KEPT_MEMORY_MICRO_BATCH_BYTES`; this
+    function only makes them fast and changes no result.
     """
-    global _memory_kept
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -56,7 +57,6 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's maximum on 64-bit
     libc.mallopt(m_trim_threshold, 1 << 30)
-    _memory_kept = True
 
 
 def splittable(spec: ArchSpec | None) -> bool:
@@ -65,27 +65,32 @@ def splittable(spec: ArchSpec | None) -> bool:
 
 
 def micro_batch_size(
-    spec: ArchSpec, image_size: Sequence[int], batch: int, device: torch.device, *, models: int = 1
+    spec: ArchSpec,
+    image_size: Sequence[int],
+    batch: int,
+    device: torch.device,
+    *,
+    models: int = 1,
+    budget: int | None = None,
 ) -> int:
-    """Images per micro-batch: the whole ``batch`` off a CPU, else a :data:`MICRO_BATCH_BYTES` piece
-    (:data:`KEPT_MEMORY_MICRO_BATCH_BYTES` after :func:`keep_freed_memory`).
+    """Images per micro-batch: the whole ``batch`` off a CPU, else a piece of ``budget`` bytes
+    (default :data:`MICRO_BATCH_BYTES`; a plan's workers pass :data:`KEPT_MEMORY_MICRO_BATCH_BYTES`).
 
     The widest activation is the first block's, before pooling: ``models x width x H x W`` float32
     values an image (``models`` nets stacked side by side).
     """
-    if device.type != "cpu":
+    if not on_cpu(device):
         return batch
     per_image = models * spec.width * int(image_size[-2]) * int(image_size[-1]) * 4
-    budget = KEPT_MEMORY_MICRO_BATCH_BYTES if _memory_kept else MICRO_BATCH_BYTES
-    return max(1, min(batch, budget // per_image))
+    return max(1, min(batch, (MICRO_BATCH_BYTES if budget is None else budget) // per_image))
 
 
-def training_micro_batch(model: nn.Module, x: torch.Tensor) -> int:
+def training_micro_batch(model: nn.Module, x: torch.Tensor, budget: int | None = None) -> int:
     """Micro-batch for one training step of ``model`` on ``x``: the whole batch unless splittable."""
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ArchSpec) or not splittable(spec):
         return len(x)
-    return micro_batch_size(spec, x.shape, len(x), x.device)
+    return micro_batch_size(spec, x.shape, len(x), x.device, budget=budget)
 
 
 def _piece_losses(

@@ -7,6 +7,7 @@ linear head on the flattened map. Matches the authors' ``ConvNet`` (REFERENCE.md
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -43,6 +44,29 @@ def first_padding(in_channels: int) -> int:
     return 3 if in_channels == 1 else 1
 
 
+@dataclass(frozen=True)
+class Block:
+    """One block's shapes: its input channels, its conv's padding, its map's side before and after pooling."""
+
+    in_channels: int
+    padding: int
+    size: int  # the conv's output (what norm and activation see)
+    pooled: int  # after the 2x2 pooling (``size`` without pooling)
+
+
+def blocks(spec: ArchSpec, in_channels: int, image_size: int) -> list[Block]:
+    """The shapes of ``spec``'s blocks on ``image_size`` px input: the one place that works them out
+    (the network, its FLOPs and the stacked trainer's memory estimate all read them here)."""
+    out, channels, size = [], in_channels, image_size
+    for d in range(spec.depth):
+        pad = first_padding(in_channels) if d == 0 else 1
+        size = size + 2 * pad - 2
+        pooled = size // 2 if spec.pool != "none" else size
+        out.append(Block(channels, pad, size, pooled))
+        channels, size = spec.width, pooled
+    return out
+
+
 class ConvNet(nn.Module):
     """The paper's ConvNet; ``features`` then ``classifier``, like the authors' module."""
 
@@ -51,10 +75,9 @@ class ConvNet(nn.Module):
         self.spec = spec
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
-        for d in range(spec.depth):
-            pad = first_padding(in_channels) if d == 0 else 1
-            layers.append(nn.Conv2d(channels, spec.width, kernel_size=3, padding=pad))
-            channels, size = spec.width, size + 2 * pad - 2
+        for block in blocks(spec, in_channels, image_size):
+            layers.append(nn.Conv2d(block.in_channels, spec.width, kernel_size=3, padding=block.padding))
+            channels, size = spec.width, block.size
             layers.append(NORMS[spec.norm]((channels, size, size)))
             layers.append(ACTIVATIONS[spec.act]())
             pool = POOLS[spec.pool]
@@ -64,7 +87,7 @@ class ConvNet(nn.Module):
                         f"{spec.id}: a {image_size}px input is too small for {spec.depth} pooled blocks"
                     )
                 layers.append(pool())
-                size //= 2
+                size = block.pooled
         self.features = nn.Sequential(*layers)
         self.feature_shape = (channels, size, size)
         self.classifier = nn.Linear(channels * size * size, num_classes)
@@ -112,17 +135,14 @@ def count_flops(spec: ArchSpec | str, in_channels: int = 1, image_size: int = 28
     if isinstance(spec, str):
         spec = ArchSpec.from_id(spec)
     flops, channels, size = 0, in_channels, image_size
-    for d in range(spec.depth):
-        pad = first_padding(in_channels) if d == 0 else 1
-        size = size + 2 * pad - 2
-        out = spec.width * size * size
-        flops += 2 * out * (channels * 9) + out  # conv MACs + bias
-        channels = spec.width
+    for block in blocks(spec, in_channels, image_size):
+        out = spec.width * block.size * block.size
+        flops += 2 * out * (block.in_channels * 9) + out  # conv MACs + bias
+        channels, size = spec.width, block.pooled
         if spec.norm != "none":
             flops += 4 * out  # centre, scale, affine multiply and add
         flops += out  # activation
         if spec.pool != "none":
-            size //= 2
             flops += out  # one op per input element of the 2x2 window
     features = channels * size * size
     return flops + 2 * features * num_classes + num_classes

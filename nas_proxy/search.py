@@ -39,8 +39,9 @@ from optuna.trial import BaseTrial, FrozenTrial, TrialState
 from nas_proxy.data import Split
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError, UnknownNameError
-from nas_proxy.fast import train_model_fast
+from nas_proxy.log import progress_bar
 from nas_proxy.models import build_model, count_params
+from nas_proxy.plan import DataShape, ExecutionSettings, Run, outcome, plan_runs, train_model_fast, train_runs
 from nas_proxy.proxies.artifact import ProxySet
 from nas_proxy.space import AXES, ArchSpec, SearchSpace
 from nas_proxy.studies import (
@@ -503,15 +504,17 @@ def refit(
     progress: bool = False,
     on_result: Callable[[Refit], None] | None = None,
 ) -> list[Refit]:
-    """Train each architecture on ``train`` (e.g. the whole training set) and score it on ``test``."""
-    from nas_proxy.log import progress_bar
-    from nas_proxy.train import train_and_evaluate
+    """Train each architecture on ``train`` (e.g. the whole training set) and score it on ``test``.
 
+    The runs train as the execution plan says for whole-data runs (:func:`nas_proxy.plan.plan_runs`).
+    """
+    runs = [Run(spec.id, seed, whole_data=True) for spec in specs]
+    plan = plan_runs(runs, DataShape.of(test), ExecutionSettings(), train.device)
     out: list[Refit] = []
     with progress_bar(len(specs), "refit", "arch", enabled=progress) as bar:
-        for spec in specs:
-            o = train_and_evaluate(spec, train, test, config, seed)
-            r = Refit(spec.id, o.accuracy, o.seconds, o.status)
+        for i, result in train_runs(plan, train, test, config):
+            o = outcome(result)
+            r = Refit(specs[i].id, o.accuracy, o.seconds, o.status)
             out.append(r)
             bar.update(1)
             if on_result is not None:

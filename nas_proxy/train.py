@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from nas_proxy.data import Split
+from nas_proxy.device import on_cpu
 from nas_proxy.errors import NasProxyError
 from nas_proxy.microbatch import cross_entropy_backward, training_micro_batch
 from nas_proxy.models import build_model, count_params
@@ -165,6 +166,7 @@ def train_model(
     *,
     on_epoch: EpochCallback | None = None,
     on_record: RecordCallback | None = None,
+    micro_batch_bytes: int | None = None,
 ) -> TrainStats:
     """Train ``model`` in place on ``train`` (already on the model's device).
 
@@ -177,6 +179,8 @@ def train_model(
     model)`` may raise (an Optuna pruner does) to stop the run. ``on_record(step, model, loss)``
     runs after each of ``config.record_steps`` (the learning curve's points) with the mean
     training loss since the previous point; it must leave the model as it found it.
+    ``micro_batch_bytes``: the micro-batch budget (default :data:`nas_proxy.microbatch.MICRO_BATCH_BYTES`;
+    an execution plan's worker processes pass a larger one).
     """
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     n = len(train)
@@ -197,7 +201,8 @@ def train_model(
             x = train.images[idx]
             opt.zero_grad(set_to_none=True)
             # On a CPU a wide batch runs in micro-batches of a few MiB: the same gradient, up to rounding.
-            loss = cross_entropy_backward(model, x, train.labels[idx], training_micro_batch(model, x))
+            micro = training_micro_batch(model, x, micro_batch_bytes)
+            loss = cross_entropy_backward(model, x, train.labels[idx], micro)
             opt.step()
             epoch_loss += loss
             last = loss
@@ -237,7 +242,7 @@ def eval_batch_size(split: Split, channels: int) -> int:
     on a CPU (in cache) or :data:`GPU_EVAL_BYTES` elsewhere (2048 for every single convnet720 net
     up to width 128, 1024 at width 256).
     """
-    budget = CPU_EVAL_BYTES if split.device.type == "cpu" else GPU_EVAL_BYTES
+    budget = CPU_EVAL_BYTES if on_cpu(split.device) else GPU_EVAL_BYTES
     per_image = max(1, channels) * split.image_size**2 * split.images.element_size()
     fits = max(1, budget // per_image)
     return int(min(2048, max(16, 2 ** (fits.bit_length() - 1))))
@@ -304,17 +309,20 @@ def train_and_evaluate(
     seed: int,
     *,
     on_epoch: EpochCallback | None = None,
+    micro_batch_bytes: int | None = None,
 ) -> RunOutcome:
     """Build a fresh net (weights from ``seed``), train it, and return its test accuracy.
 
     With curve points in ``config``, the outcome carries the learning curve; ``seconds`` is the
-    training time without the curve's test passes.
+    training time without the curve's test passes. ``micro_batch_bytes``: see :func:`train_model`.
     """
     model = build_model(spec, train.in_channels, train.image_size, train.num_classes, seed=seed).to(train.device)
     curve, record = curve_recorder(test, len(train), config)
     timed = _timed(record)
     recorder = timed if curve_wanted(config) else None
-    stats = train_model(model, train, config, seed, on_epoch=on_epoch, on_record=recorder)
+    stats = train_model(
+        model, train, config, seed, on_epoch=on_epoch, on_record=recorder, micro_batch_bytes=micro_batch_bytes
+    )
     seconds = stats.seconds - timed.spent
     out = RunOutcome(float("nan"), seconds, stats.steps, count_params(model), "diverged", tuple(curve))
     if stats.diverged:

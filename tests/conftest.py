@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import nas_proxy.microbatch as microbatch
 from nas_proxy.data import Split, make_synthetic
 
 
@@ -17,9 +16,6 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("NAS_PROXY_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("NAS_PROXY_DEVICE", "cpu")
     torch.set_num_threads(1)
-    # An in-process Dask worker (test_evaluate) tunes this process as one of ours: undo the flag
-    # that lets micro-batches grow, so every test sees the default budget.
-    monkeypatch.setattr(microbatch, "_memory_kept", False)
 
 
 @pytest.fixture

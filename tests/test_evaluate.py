@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from nas_proxy import fused
+from nas_proxy import kernels
 from nas_proxy.data import Split, make_synthetic
 from nas_proxy.errors import NasProxyError
 from nas_proxy.evaluate import (
@@ -156,25 +156,25 @@ def test_batched_seeds_equal_one_by_one(data: tuple[Split, Split], specs: list[s
     assert (one["accuracy"] - many["accuracy"]).abs().max() <= 2 / len(test)
 
 
-@pytest.mark.skipif(not fused.available(), reason="no C compiler here: no fused kernel, so auto stays off on a CPU")
+@pytest.mark.skipif(not kernels.available(), reason="no C compiler here: no fused kernel, so auto stays off on a CPU")
 def test_auto_on_a_cpu_batches_the_seeds_of_candidates_whose_blocks_fuse(
     data: tuple[Split, Split], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Proxy and early-stopping runs of an instance-norm, avg-pooled candidate train their seeds as
     one stacked network; a max-pooled BatchNorm candidate and whole-data runs stay one by one."""
-    import nas_proxy.evaluate as evaluate_module
+    import nas_proxy.plan as plan_module  # where the evaluator's tasks train
 
     train, test = data
     sources = _sources(train)
     fusing, plain = "ConvNet-D2-W8-AR-IN-AP", "ConvNet-D2-W4-AS-BN-MP"
     batched: list[tuple[str, tuple[int, ...]]] = []
-    real = evaluate_module.train_many
+    real = plan_module.train_many
 
     def spy(arch: str, tr: Split, te: Split, cfg: TrainConfig, seeds: list[int], **kw: Any) -> list[RunOutcome]:
         batched.append((arch, tuple(seeds)))
         return real(arch, tr, te, cfg, seeds, **kw)
 
-    monkeypatch.setattr(evaluate_module, "train_many", spy)
+    monkeypatch.setattr(plan_module, "train_many", spy)
     res = evaluate([fusing, plain], sources, test, out_dir=tmp_path / "auto", seeds=(0, 1), progress=False)
     assert res.ok == 2 * 2 * len(sources)
     assert batched == [(fusing, (0, 1))] * 2  # the proxy and early stopping, not the whole set
@@ -186,12 +186,12 @@ def test_auto_on_a_cpu_batches_the_seeds_of_candidates_whose_blocks_fuse(
 def test_batched_seeds_fall_back_to_one_by_one_on_failure(
     data: tuple[Split, Split], specs: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import nas_proxy.evaluate as evaluate_module
+    import nas_proxy.plan as plan_module  # where the evaluator's tasks train
 
     def broken(*args: object, **kwargs: object) -> list[RunOutcome]:
         raise RuntimeError("stacking failed")
 
-    monkeypatch.setattr(evaluate_module, "train_many", broken)
+    monkeypatch.setattr(plan_module, "train_many", broken)
     train, test = data
     res = evaluate(
         specs,
@@ -352,12 +352,14 @@ def test_demo_runs_end_to_end_on_a_small_config(tmp_path: Path) -> None:
 
 def test_batched_candidates_equal_one_by_one(data: tuple[Split, Split], specs: list[str], tmp_path: Path) -> None:
     """Candidates of one group (and their seeds) trained as one stacked network, in workers too."""
-    from nas_proxy.evaluate import _groups, _jobs
+    from nas_proxy.evaluate import _jobs, _runs
+    from nas_proxy.plan import DataShape, ExecutionSettings, plan_runs
 
     train, test = data
     sources = _sources(train)  # a proxy (full batch), early stopping (mini-batches) and the whole set
     seeds = (0, 1)
-    tasks = _groups(_jobs(specs, sources, seeds), batch_seeds=False, grouped_sources={s.id for s in sources[:2]})
+    asked = ExecutionSettings(batch_seeds=False, batch_candidates=True)
+    tasks = plan_runs(_runs(_jobs(specs, sources, seeds), sources), DataShape.of(test), asked, "cpu").tasks
     runs = len(specs) * len(seeds)
     assert sorted(len(t) for t in tasks) == [1] * runs + [runs] * 2  # whole-data runs stay one by one
     evaluate(specs, sources, test, out_dir=tmp_path / "one", seeds=seeds, progress=False, batch_candidates=False)
@@ -376,8 +378,9 @@ def test_batched_candidates_equal_one_by_one(data: tuple[Split, Split], specs: l
 def test_fast_options_reach_the_stacked_runs_and_the_record(
     data: tuple[Split, Split], specs: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import nas_proxy.evaluate as evaluate_module
-    from nas_proxy.fast import FastOptions, train_candidates
+    import nas_proxy.plan as plan_module  # where the evaluator's tasks train
+    from nas_proxy.plan import train_candidates
+    from nas_proxy.stacked import FastOptions
 
     seen: list[FastOptions | None] = []
 
@@ -385,7 +388,7 @@ def test_fast_options_reach_the_stacked_runs_and_the_record(
         seen.append(kwargs.get("options"))
         return train_candidates(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "train_candidates", spy)
+    monkeypatch.setattr(plan_module, "train_candidates", spy)
     train, test = data
     options = FastOptions(channels_last=True)
     res = evaluate(

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-import nas_proxy.microbatch as microbatch
 from nas_proxy.data import make_synthetic
 from nas_proxy.microbatch import (
     KEPT_MEMORY_MICRO_BATCH_BYTES,
@@ -81,18 +80,21 @@ def test_micro_batch_size_keeps_the_widest_activation_cache_sized_on_a_cpu_only(
     assert micro_batch_size(ArchSpec(width=4096), (64, 64), 256, cpu) == 1
 
 
-def test_a_process_that_keeps_its_freed_memory_takes_larger_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_plan_for_worker_processes_takes_larger_pieces_and_process_history_changes_nothing() -> None:
+    """The budget is an argument (a plan's workers keep their freed memory and get the larger one);
+    keeping freed memory in this process changes no piece size, so no float rounding."""
     try:
         ctypes.CDLL("libc.so.6")
     except OSError:
         pytest.skip("glibc only")
-    monkeypatch.setattr(microbatch, "_memory_kept", False)  # restored after the test: other tests see 4 MiB
     default = ArchSpec.from_id("ConvNet-D3-W128-AR-IN-AP")
     cpu = torch.device("cpu")
     assert micro_batch_size(default, (28, 28), 256, cpu) == 10
     keep_freed_memory()
-    assert micro_batch_size(default, (28, 28), 256, cpu) == KEPT_MEMORY_MICRO_BATCH_BYTES // (128 * 28 * 28 * 4) == 41
-    assert micro_batch_size(default, (28, 28), 256, torch.device("cuda")) == 256
+    assert micro_batch_size(default, (28, 28), 256, cpu) == 10  # this process's history: no effect
+    kept = KEPT_MEMORY_MICRO_BATCH_BYTES
+    assert micro_batch_size(default, (28, 28), 256, cpu, budget=kept) == kept // (128 * 28 * 28 * 4) == 41
+    assert micro_batch_size(default, (28, 28), 256, torch.device("cuda"), budget=kept) == 256
 
 
 def test_batch_statistics_keep_a_training_batch_whole() -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas_proxy.models import build_model, count_flops, count_params
+from nas_proxy.models import blocks, build_model, count_flops, count_params
 from nas_proxy.space import ArchSpec, load_space
 
 
@@ -68,3 +68,17 @@ def test_flops_hand_count() -> None:
     expected = (2 * out * 9 + out) + out + (2 * 4096 * 10 + 10)
     assert count_flops(spec, 1, 28, 10) == expected
     assert count_flops(ArchSpec(width=256), 1, 28, 10) > count_flops(ArchSpec(width=32), 1, 28, 10)
+
+
+@pytest.mark.parametrize(("in_channels", "image_size"), [(1, 28), (3, 32), (3, 12)])
+def test_block_shapes_are_the_networks_own(in_channels: int, image_size: int) -> None:
+    """One owner of the shape arithmetic: the network's layers, its FLOPs and the stacked memory
+    estimate all read ``blocks``."""
+    for spec in load_space("convnet720"):
+        if spec.pool != "none" and image_size < 2 ** spec.depth + 2:
+            continue  # too small for this many pooled blocks: ConvNet refuses it
+        shapes = blocks(spec, in_channels, image_size)
+        model = build_model(spec, in_channels, image_size)
+        convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+        assert [(b.in_channels, b.padding) for b in shapes] == [(c.in_channels, c.padding[0]) for c in convs]
+        assert model.feature_shape == (spec.width, shapes[-1].pooled, shapes[-1].pooled), spec.id

@@ -176,7 +176,7 @@ def test_recording_a_curve_changes_nothing_in_the_training(tiny_data: tuple[Spli
 
 
 def test_stacked_seeds_record_the_same_curves(tiny_data: tuple[Split, Split]) -> None:
-    from nas_proxy.fast import train_many
+    from nas_proxy.plan import train_many
 
     train, test = tiny_data
     cfg = TrainConfig(epochs=3, batch_size=64, curve=(1, 2, 3), curve_steps=(2,))

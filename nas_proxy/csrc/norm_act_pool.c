@@ -1,6 +1,6 @@
 /* Group norm, leaky ReLU (slope 0: ReLU) and 2x2 average pooling (floor mode) in one pass.
  *
- * float32, contiguous NCHW, one thread. Loaded by nas_proxy/fused.py through ctypes.
+ * float32, contiguous NCHW, one thread. Loaded by nas_proxy/kernels.py through ctypes.
  * A group is `c / groups` consecutive channels, so one contiguous block of memory: its statistics,
  * its normalization, the activation and the pooling all happen while it sits in cache, where
  * PyTorch's separate kernels stream the whole tensor through memory once per operation.

@@ -15,9 +15,10 @@ import numpy as np
 from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError
 from nas_proxy.log import progress_bar
+from nas_proxy.plan import DataShape, ExecutionSettings, Run, outcome, plan_runs, train_runs
 from nas_proxy.proxies.artifact import ProxySet
 from nas_proxy.space import DEFAULT_ARCH, ArchSpec
-from nas_proxy.train import RunOutcome, TrainConfig, train_and_evaluate
+from nas_proxy.train import RunOutcome, TrainConfig
 
 ModelCallback = Callable[[int, RunOutcome], None]
 
@@ -47,7 +48,9 @@ def evaluate_proxy(
     """Test accuracies in [0, 1] of ``models`` nets (seeds ``seed .. seed+models-1``) trained on ``proxy``.
 
     A net whose loss diverges scores NaN (reported, not hidden). ``on_model(i, outcome)`` is
-    called after each net, so a caller can print results as they come.
+    called after each net (several at once where the plan stacks them), so a caller can print
+    results as they come. The nets train as the execution plan says (:func:`nas_proxy.plan.plan_runs`:
+    on a CPU one by one, or stacked where their blocks fuse; on a GPU stacked).
     """
     if isinstance(models, bool) or not isinstance(models, int) or models < 1:
         raise NasProxyError(f"models must be a positive integer, got {models!r}")
@@ -56,15 +59,17 @@ def evaluate_proxy(
     check_compatible(proxy, test)
     train = proxy.as_split(test.device)
 
+    runs = [Run(spec.id, seed + i) for i in range(models)]
+    plan = plan_runs(runs, DataShape.of(test), ExecutionSettings(), test.device)
     accs: list[float] = []
     with progress_bar(models * config.epochs, f"eval {proxy.id}", "epoch", enabled=progress) as bar:
-        for i in range(models):
-            bar.set_postfix(model=f"{i + 1}/{models}")
-            out = train_and_evaluate(spec, train, test, config, seed=seed + i, on_epoch=lambda _e, _m: bar.update(1))
-            # A net that stopped early (diverged, or max_steps) leaves its epochs unticked.
-            bar.n = (i + 1) * config.epochs
-            bar.refresh()
+        for i, result in train_runs(plan, train, test, config):
+            out = outcome(result)
             accs.append(out.accuracy)
+            # Epochs tick by the finished net (a stacked task finishes its nets together).
+            bar.set_postfix(model=f"{len(accs)}/{models}", refresh=False)
+            bar.n = len(accs) * config.epochs
+            bar.refresh()
             if on_model is not None:
                 on_model(i, out)
     return accs

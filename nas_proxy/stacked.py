@@ -1,45 +1,32 @@
-"""Train seeds of a candidate, or candidates of one shape, fast: stacked nets, worker processes, the plain loop.
+"""R ConvNets as one network with R times the channels, and the loop that trains them.
 
-``train_many(spec, train, test, config, seeds)`` returns what ``[train_and_evaluate(spec, train,
-test, config, s) for s in seeds]`` returns, to float tolerance, by one of these strategies:
+The R models (seeds of one candidate, or candidates of one :func:`group_key`) are each built by
+``build_model(spec, seed=s)`` as in the plain loop, then their tensors are concatenated: conv ``k``
+becomes a grouped conv (``groups=R``), BatchNorm / InstanceNorm / GroupNorm act per channel (or per
+group) and so stay per model, LayerNorm and the head are batched per model. The loss is the sum of
+the R mean losses, so each model's gradient is its own; SGD is elementwise, so SGD on the stacked
+tensors is R independent SGDs. One Python step trains R models: this wins where a step is
+overhead-bound (narrow nets, GPUs). Candidates of one group stack the same way with their own norms
+and activations: where models differ, each run of equal layers acts on its own channel blocks.
 
-- ``loop``: exactly that list comprehension (the readable reference in ``train.py``).
-- ``stacked``: the R models as ONE network whose channels are the R models side by side. Every
-  model is built by ``build_model(spec, seed=s)`` as in the loop, then its tensors are concatenated:
-  conv ``k`` becomes a grouped conv (``groups=R``), BatchNorm / InstanceNorm / GroupNorm act per
-  channel (or per group) and so stay per model, LayerNorm and the head are batched per model.
-  The loss is the sum of the R mean losses, so each model's gradient is its own; SGD is elementwise,
-  so SGD on the stacked tensors is R independent SGDs. One Python step trains R models: this wins
-  where a step is overhead-bound (narrow nets, GPUs).
-  Candidates of one :func:`group_key` (depth, width, pooling) stack the same way with their own
-  norms and activations (:func:`train_candidates`, the evaluator's ``batch_candidates``): where
-  models differ, each run of equal layers acts on its own channel blocks.
-- ``parallel``: seeds split over ``n_jobs`` joblib (loky) worker processes with one torch thread
-  each, each worker running ``loop`` or ``stacked`` on its share. On a CPU, narrow nets use one
-  core badly (small kernels, Python overhead), so two one-thread workers beat one two-thread
-  process.
-- ``auto``: :func:`choose_plan`, a cost model fitted to measurements (see its docstring).
+Equality with the loop (:mod:`nas_proxy.train`): same initial weights (same ``build_model``
+seeds), same batch order (the same seeded ``randperm``), same learning-rate schedule. One model in
+the stacked code runs the loop's own kernels on the loop's own batches, so on a CPU it is
+bit-identical to ``train_model`` (tests/test_stacked.py checks every layer type). Several models in
+one network change the summation order of the grouped convs and the batched head, and on a CPU each
+group norm -> (leaky) ReLU -> average pooling block runs as one fused kernel
+(:func:`nas_proxy.kernels.norm_act_pool`, as exact as PyTorch's three kernels). Such a training run
+is chaotic, so stacked results agree with the loop's to float tolerance: test accuracies within a
+few tenths of a point (benchmarks/train_batched.py measures it).
 
-Equality with the loop: same initial weights (same ``build_model`` seeds), same batch order (the
-same seeded ``randperm``), same learning-rate schedule. One model in the stacked code runs the
-loop's own kernels on the loop's own batches, so on a CPU it is bit-identical to ``train_model``
-(tests/test_fast.py checks every layer type); a ``parallel`` worker running one model at a time
-with one thread matches a one-thread loop exactly and a two-thread loop as closely as the loop
-matches itself (ConvNet-D3-W8, 100 steps: 9.9e-5 relative). Several models in one network change
-the summation order of the grouped convs and the batched head, and on a CPU each group norm ->
-(leaky) ReLU -> average pooling block runs as one fused kernel (:mod:`nas_proxy.fused`, 3.5x
-faster than PyTorch's three kernels on a stack's 32x32 maps, as exact as they are). Such a
-training run is chaotic: started from initial weights moved by 1e-7 relative, the loop's own seed
-0 of ConvNet-D3-W8 ends 3.9e-4 to 1.6e-2 from where it ends unmoved (100 steps, 100 images). A
-one-thread worker's stack of 5 ends 1.2e-2 from the two-thread loop (3.7e-4 before the fused
-kernel; benchmarks/train_batched.py). Test accuracies stay within a few tenths of a point.
+Which runs stack, and when, is the execution plan's decision (:mod:`nas_proxy.plan`); this module
+is the mechanism.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,24 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_proxy import fused
+from nas_proxy import kernels
 from nas_proxy.data import Split
+from nas_proxy.device import on_cpu, on_cuda
 from nas_proxy.errors import NasProxyError, UnknownNameError
-from nas_proxy.microbatch import keep_freed_memory, micro_batch_size, splittable
-from nas_proxy.models import ConvNet, build_model, count_flops, count_params, first_padding
+from nas_proxy.microbatch import micro_batch_size, splittable
+from nas_proxy.models import ConvNet, blocks, build_model, count_params
 from nas_proxy.space import ArchSpec
-from nas_proxy.train import (
-    EpochCallback,
-    RunOutcome,
-    TrainConfig,
-    TrainStats,
-    curve_point,
-    eval_batch_size,
-    train_and_evaluate,
-    train_model,
-)
-
-STRATEGIES: tuple[str, ...] = ("auto", "loop", "stacked", "parallel")
+from nas_proxy.train import RunOutcome, TrainConfig, TrainStats, curve_point, eval_batch_size
 
 
 @dataclass(frozen=True)
@@ -262,7 +239,7 @@ def _apply(layer: _Layer, x: torch.Tensor, r: int, *, training: bool, grouped: b
     if layer.kind == "maxpool":
         return F.max_pool2d(x, 2, 2)
     if layer.kind == "avgpool":
-        return avg_pool_2x2(x)
+        return kernels.avg_pool_2x2(x)
     return x  # identity
 
 
@@ -293,7 +270,7 @@ class StackedConvNets:
             if not all(isinstance(m, nn.Identity) for m in mods):  # a row of no-ops needs no layer
                 self.rows.append(_segments(mods))
         # Rows that start a group norm -> (leaky) ReLU -> average pooling block shared by all models:
-        # on a CPU such a block runs as one fused kernel (nas_proxy.fused).
+        # on a CPU such a block runs as one fused kernel (nas_proxy.kernels.norm_act_pool).
         self.fusable_rows = {
             i
             for i in range(len(self.rows) - 2)
@@ -325,7 +302,7 @@ class StackedConvNets:
         fuse = r > 1 and not channels_last
         i = 0
         while i < len(self.rows):
-            if fuse and i in self.fusable_rows and fused.supports(x):
+            if fuse and i in self.fusable_rows and kernels.supports(x):
                 x = self._norm_act_pool(i, x)
                 i += 3
                 continue
@@ -357,7 +334,7 @@ class StackedConvNets:
         norm, act = self.rows[i][0].layer, self.rows[i + 1][0].layer
         groups = norm.settings["groups"] * self.r
         weight, bias = norm.tensors["weight"], norm.tensors["bias"]
-        return fused.norm_act_pool(x, weight, bias, groups, norm.settings["eps"], act.settings["slope"])
+        return kernels.norm_act_pool(x, weight, bias, groups, norm.settings["eps"], act.settings["slope"])
 
     @torch.no_grad()
     def write_back(self) -> list[ConvNet]:
@@ -383,77 +360,6 @@ class StackedConvNets:
     _steps_written: int = 0
 
 
-class _AvgPool2x2(torch.autograd.Function):
-    """2x2 average pooling by strided adds, in the order of PyTorch's CPU kernel (see avg_pool_2x2)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        v = x.view(n, c, h // 2, 2, w // 2, 2)
-        out = torch.add(v[:, :, :, 0, :, 0], v[:, :, :, 0, :, 1])  # ((x00 + x01) + x10) + x11, as the kernel sums
-        out.add_(v[:, :, :, 1, :, 0]).add_(v[:, :, :, 1, :, 1])
-        return out.div_(4)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        n, c, h2, w2 = grad.shape
-        spread = (grad / 4).view(n, c, h2, 1, w2, 1).expand(n, c, h2, 2, w2, 2)  # each input gets its window's share
-        return spread.reshape(n, c, 2 * h2, 2 * w2)
-
-
-_POOL_MATRICES: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
-# Per (shape, dtype, device, threads): does the GEMM form reproduce PyTorch's kernel bit for bit here?
-_GEMM_EXACT: dict[tuple[Any, ...], bool] = {}
-
-
-def _pool_matrix(w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The fixed (2W, W/2) matrix that averages each 2x2 window of a pair of image rows."""
-    key = (w, device, dtype)
-    pool = _POOL_MATRICES.get(key)
-    if pool is None:
-        pool = torch.zeros(2 * w, w // 2, device=device, dtype=dtype)
-        cols = torch.arange(w // 2, device=device)
-        for offset in (0, 1, w, w + 1):  # the 2x2 window: two columns in each of two rows
-            pool[2 * cols + offset, cols] = 0.25
-        _POOL_MATRICES[key] = pool
-    return pool
-
-
-def _gemm_pool(x: torch.Tensor) -> torch.Tensor:
-    n, c, h, w = x.shape
-    return (x.reshape(-1, 2 * w) @ _pool_matrix(w, x.device, x.dtype)).view(n, c, h // 2, w // 2)
-
-
-def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """``F.avg_pool2d(x, 2, 2)``, bit for bit, faster on a CPU for narrow nets.
-
-    PyTorch's NCHW pooling kernel walks one output at a time and dominated a narrow ConvNet's
-    step. Two exact replacements, forward plus backward 2-3x faster: one GEMM of each pair of
-    image rows with a fixed (2W, W/2) matrix of 0.25s (the fastest), and three strided adds in the
-    kernel's own order (``((x00 + x01) + x10) + x11``, then ``/ 4``). A GEMM may sum a window's four
-    products in another order, which depends on the BLAS and the shape (this project's CPU: exact
-    at widths 16 and 32, not 14), so the GEMM is used for a shape only after a random probe of that
-    shape came out identical to the kernel (its backward is exact anyway: one product per input).
-    Without autograd (testing) the strided adds serve: shapes seen once do not repay a probe.
-    Odd sizes (floor mode drops a row or column) and other devices keep the plain kernel.
-    """
-    h, w = x.shape[-2:]
-    if x.device.type != "cpu" or h % 2 or w % 2 or not x.is_contiguous():
-        return F.avg_pool2d(x, 2, 2)  # a GPU's pooling kernel is fast: the tricks are for CPUs
-    if not torch.is_grad_enabled():  # testing: shapes seen once, not worth a probe
-        return _AvgPool2x2.forward(None, x)
-    key = (tuple(x.shape), x.dtype, x.device, torch.get_num_threads())
-    exact = _GEMM_EXACT.get(key)
-    if exact is None:
-        with torch.no_grad():
-            probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
-            exact = _GEMM_EXACT[key] = torch.equal(_gemm_pool(probe), F.avg_pool2d(probe, 2, 2))
-    if exact:
-        return _gemm_pool(x)
-    out: torch.Tensor = _AvgPool2x2.apply(x)
-    return out
-
-
 def _cat(tensors: Any, grad: bool = True) -> torch.Tensor:
     return torch.cat([t.detach() for t in tensors]).requires_grad_(grad)
 
@@ -462,14 +368,8 @@ def _stack(tensors: Any) -> torch.Tensor:
     return torch.stack([t.detach() for t in tensors]).requires_grad_(True)
 
 
-# ----------------------------------------------------------------------------- strategies
 
-
-def _train_loop(
-    spec: ArchSpec, train: Split, test: Split, config: TrainConfig, seeds: Sequence[int]
-) -> list[RunOutcome]:
-    return [train_and_evaluate(spec, train, test, config, s) for s in seeds]
-
+# ----------------------------------------------------------------------------- training
 
 def train_stacked(
     models: Sequence[ConvNet],
@@ -480,6 +380,7 @@ def train_stacked(
     options: FastOptions | None = None,
     on_epoch: Callable[[int, StackedConvNets], None] | None = None,
     on_record: Callable[[int, StackedConvNets, list[float]], None] | None = None,
+    micro_batch_bytes: int | None = None,
 ) -> tuple[StackedConvNets, list[TrainStats]]:
     """Train ``models`` (one :func:`group_key`, on ``train``'s device) in place as one stacked network.
 
@@ -488,7 +389,9 @@ def train_stacked(
     schedule and divergence rule. ``on_epoch(epoch, net)`` runs after every epoch (and may raise,
     as an Optuna pruner does). ``on_record(step, net, losses)`` runs after each of
     ``config.record_steps`` (learning-curve points) with each model's mean training loss since the
-    previous point. Returns the stacked network (for :func:`stacked_accuracy`) and each model's stats.
+    previous point. ``micro_batch_bytes``: the micro-batch budget on a CPU (see
+    :func:`nas_proxy.microbatch.micro_batch_size`). Returns the stacked network (for
+    :func:`stacked_accuracy`) and each model's stats.
     """
     options = options or FastOptions()
     if len(models) != len(seeds):
@@ -501,7 +404,7 @@ def train_stacked(
     total = config.total_steps(n)
     gens = [torch.Generator().manual_seed(s) for s in seeds]  # each seed's batch order, as in train_model
     full_batch = config.batch_size >= n
-    autocast = options.bf16 and device.type == "cuda"
+    autocast = options.bf16 and on_cuda(device)
 
     def losses_of(x: torch.Tensor, y: torch.Tensor, divide_by: int | None = None) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -520,7 +423,7 @@ def train_stacked(
     stopped_at = torch.full((r,), -1, dtype=torch.long, device=device)
     last = torch.zeros(r, device=device)
     # A CPU loses nothing by looking at the loss once an epoch; a GPU looks only when asked to.
-    check_each_epoch = on_epoch is not None or device.type == "cpu"
+    check_each_epoch = on_epoch is not None or on_cpu(device)
     points = set(config.record_steps(n)) if on_record is not None else set()
     since, since_steps = torch.zeros(r, device=device), 0
     step, epoch = 0, 0
@@ -543,7 +446,11 @@ def train_stacked(
                 idx = torch.stack([o[i : i + config.batch_size] for o in orders]).to(device, non_blocking=True)
                 x, y = train.images[idx], train.labels[idx]
             b = y.shape[1]
-            micro = micro_batch_size(models[0].spec, train.images.shape, b, device, models=r) if split else b
+            micro = (
+                micro_batch_size(models[0].spec, train.images.shape, b, device, models=r, budget=micro_batch_bytes)
+                if split
+                else b
+            )
             opt.zero_grad(set_to_none=True)
             if micro >= b:
                 losses = step_fn(x, y)
@@ -586,15 +493,20 @@ def train_stacked(
     return net, stats
 
 
-def _train_chunk(
+def train_group(
     specs: Sequence[ArchSpec],
     seeds: Sequence[int],
     train: Split,
     test: Split,
     config: TrainConfig,
-    options: FastOptions,
+    options: FastOptions | None = None,
+    micro_batch_bytes: int | None = None,
 ) -> list[RunOutcome]:
-    """One stacked network of these (spec, seed) runs (one group), trained, then tested stacked."""
+    """One stacked network of these (spec, seed) runs (one :func:`group_key`), trained, then tested stacked.
+
+    What ``train_and_evaluate`` returns for each run, to float tolerance (one run: bit for bit on a
+    CPU); ``seconds`` is each run's even share of the wall time.
+    """
     start = time.perf_counter()
     models = [
         build_model(spec, train.in_channels, train.image_size, train.num_classes, seed=s).to(train.device)
@@ -612,7 +524,15 @@ def _train_chunk(
         spent += time.perf_counter() - begin
 
     wanted = bool(config.curve or config.curve_steps)
-    net, stats = train_stacked(models, train, config, seeds, options=options, on_record=record if wanted else None)
+    net, stats = train_stacked(
+        models,
+        train,
+        config,
+        seeds,
+        options=options,
+        on_record=record if wanted else None,
+        micro_batch_bytes=micro_batch_bytes,
+    )
     accs = stacked_accuracy(net, test)
     # The runs overlap: each gets an even share (the curve's test passes left out, as train_and_evaluate does).
     seconds = (time.perf_counter() - start - spent) / len(models)
@@ -624,88 +544,14 @@ def _train_chunk(
     ]
 
 
-def _train_stacked(
-    spec: ArchSpec,
-    train: Split,
-    test: Split,
-    config: TrainConfig,
-    seeds: Sequence[int],
-    options: FastOptions,
-    stack_size: int,
-) -> list[RunOutcome]:
-    """Seeds in chunks of ``stack_size``, each chunk one stacked network."""
-    outcomes: list[RunOutcome] = []
-    for j in range(0, len(seeds), stack_size):
-        chunk = seeds[j : j + stack_size]
-        outcomes += _train_chunk([spec] * len(chunk), chunk, train, test, config, options)
-    return outcomes
-
-
 def step_memory(spec: ArchSpec, in_channels: int, image_size: int, batch: int) -> int:
     """Rough bytes one model's training step holds at its peak (float32 activations).
 
     Each block keeps about six maps of its size alive at once (conv, norm and activation outputs
     kept for the backward pass, and their gradients); weights are small next to them.
     """
-    total, size = 0, image_size
-    for d in range(spec.depth):
-        size += 2 * (first_padding(in_channels) if d == 0 else 1) - 2
-        total += 6 * 4 * batch * spec.width * size * size
-        if spec.pool != "none":
-            size //= 2
-    return total
+    return sum(6 * 4 * batch * spec.width * b.size * b.size for b in blocks(spec, in_channels, image_size))
 
-
-def default_group_memory(device: torch.device) -> int:
-    """Activation bytes a stacked group may take: a quarter of a GPU's memory, 2 GiB elsewhere."""
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory // 4)
-    return 2 << 30
-
-
-def train_candidates(
-    runs: Sequence[tuple[ArchSpec | str, int]],
-    train: Split,
-    test: Split,
-    config: TrainConfig,
-    *,
-    max_group: int | None = None,
-    group_memory: int | None = None,
-    options: FastOptions | None = None,
-) -> list[RunOutcome]:
-    """``[train_and_evaluate(spec, train, test, config, seed) for spec, seed in runs]``, to float tolerance, stacked.
-
-    Runs whose architectures share :func:`group_key` (depth, width, pooling; norms and
-    activations may differ) train as one stacked network: candidates of a sweep, seeds, or both.
-    A group is split into chunks of at most ``max_group`` models whose step fits ``group_memory``
-    bytes (default :func:`default_group_memory`, by :func:`step_memory`). This is the GPU path of
-    a whole sweep: convnet720's 720 candidates are 48 groups of 15, so a step trains 15 small
-    networks for the launches of about one. On a CPU stacking several models loses (see
-    :func:`choose_plan`), so the evaluator takes this path there only when asked.
-    A model that diverges is reported as such and touches no other model of its group.
-    Results come back in ``runs`` order.
-    """
-    specs = [ArchSpec.from_id(a) if isinstance(a, str) else a for a, _ in runs]
-    seeds = [int(s) for _, s in runs]
-    if max_group is not None and max_group < 1:
-        raise NasProxyError(f"max_group must be at least 1, got {max_group}")
-    budget = default_group_memory(train.device) if group_memory is None else group_memory
-    batch = min(config.batch_size, len(train))
-    groups: dict[tuple[int, int, str], list[int]] = {}
-    for i, spec in enumerate(specs):
-        groups.setdefault(group_key(spec), []).append(i)
-    outcomes: dict[int, RunOutcome] = {}
-    for members in groups.values():
-        members.sort(key=lambda i: (specs[i].norm, specs[i].act))  # equal layers side by side: few segments
-        per_model = step_memory(specs[members[0]], train.in_channels, train.image_size, batch)
-        size = max(1, min(max_group or len(members), budget // max(per_model, 1)))
-        for j in range(0, len(members), size):
-            chunk = members[j : j + size]
-            outs = _train_chunk(
-                [specs[i] for i in chunk], [seeds[i] for i in chunk], train, test, config, options or FastOptions()
-            )
-            outcomes.update(zip(chunk, outs, strict=True))
-    return [outcomes[i] for i in range(len(runs))]
 
 
 @torch.no_grad()
@@ -723,240 +569,15 @@ def stacked_accuracy(net: StackedConvNets, split: Split, batch_size: int | None 
     return [c / max(len(split), 1) for c in correct.tolist()]
 
 
-def _worker_task(
-    spec: ArchSpec, train: Split, test: Split, config: TrainConfig, seeds: list[int], plan: Plan, options: FastOptions
-) -> list[RunOutcome]:
-    torch.set_num_threads(1)  # one core per worker: narrow nets use a second thread badly
-    keep_freed_memory()
-    return _run_plan(spec, train, test, config, seeds, plan, options)
-
-
-def _train_parallel(
-    spec: ArchSpec,
-    train: Split,
-    test: Split,
-    config: TrainConfig,
-    seeds: Sequence[int],
-    plan: Plan,
-    options: FastOptions,
-) -> list[RunOutcome]:
-    """Seeds dealt round-robin to ``plan.n_jobs`` loky workers of one torch thread each."""
-    from joblib import Parallel, delayed
-
-    chunks = [list(seeds[j :: plan.n_jobs]) for j in range(plan.n_jobs) if seeds[j :: plan.n_jobs]]
-    inner = Plan(plan.inner, stack_size=plan.stack_size)
-    # CPU tensors travel to the workers pickled: a 100-image proxy and a 10k test set are a few MB.
-    cpu_train, cpu_test = train.to("cpu"), test.to("cpu")
-    parts = Parallel(n_jobs=len(chunks), backend="loky")(
-        delayed(_worker_task)(spec, cpu_train, cpu_test, config, chunk, inner, options) for chunk in chunks
-    )
-    by_seed: dict[int, RunOutcome] = {}
-    for chunk, outs in zip(chunks, parts, strict=True):
-        by_seed.update(zip(chunk, outs, strict=True))
-    return [by_seed[s] for s in seeds]
-
-
-def _run_plan(
-    spec: ArchSpec,
-    train: Split,
-    test: Split,
-    config: TrainConfig,
-    seeds: Sequence[int],
-    plan: Plan,
-    options: FastOptions,
-) -> list[RunOutcome]:
-    if plan.strategy == "parallel":
-        return _train_parallel(spec, train, test, config, seeds, plan, options)
-    if plan.strategy == "stacked":
-        return _train_stacked(spec, train, test, config, seeds, options, plan.stack_size)
-    return _train_loop(spec, train, test, config, seeds)
-
-
-# ----------------------------------------------------------------------------- choosing
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How :func:`train_many` trains: a strategy, models per stacked network, worker processes.
-
-    ``inner`` is what each ``parallel`` worker runs on its share of the seeds (``loop`` or ``stacked``).
-    """
-
-    strategy: str
-    stack_size: int = 1
-    n_jobs: int = 1
-    inner: str = "loop"
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES or self.strategy == "auto":
-            raise UnknownNameError("training strategy", self.strategy, STRATEGIES[1:])
-        if self.inner not in ("loop", "stacked"):
-            raise UnknownNameError("worker strategy", self.inner, ["loop", "stacked"])
-        if self.stack_size < 1 or self.n_jobs < 1:
-            raise NasProxyError(f"stack_size and n_jobs must be at least 1, got {self.stack_size}, {self.n_jobs}")
-
-
-def choose_plan(spec: ArchSpec, train: Split, config: TrainConfig, n_seeds: int, n_jobs: int) -> Plan:
-    """The plan ``strategy="auto"`` uses: a cost model from measurements on the project's 2-core CPU.
-
-    - GPU: every seed in one stacked network (a small net is launch-bound: R models cost about one).
-    - CPU, small avg-pooled nets (up to ~20 MFLOPs an image): the stacked code, the seeds of a
-      process in one network (up to :data:`CPU_STACK_MAX`). Stacking R=5-10 narrow models made a
-      model's step 1.05-1.7x faster than one model alone (ConvNet-D3, 100 images, widths 4-32, one
-      or two threads), now that their activations come in micro-batches or stay in kept memory;
-      and even one model is 1.1-1.3x the reference step (GEMM pooling replaces PyTorch's slow NCHW
-      pooling kernel). With instance or group norm, the fused norm-ReLU-pooling kernel of a stack
-      (:mod:`nas_proxy.fused`) takes a further third off: a worker's 5 seeds of ConvNet-D3-W8,
-      100 epochs, trained in 2.3 s instead of 3.4 s. LayerNorm nets stack one model per network
-      (their stacked norm is not PyTorch's fused kernel: 0.97x); max-pooled and larger nets keep
-      the reference loop (a wash or slower).
-    - CPU with ``n_jobs > 1``: seeds go to one-thread worker processes, each with its share, when
-      the net is small (a narrow net uses a second intra-op thread badly, and not at all on a busy
-      host) or when the seeds split evenly over the workers and the net is not wide (up to ~50
-      MFLOPs it then scales as well as with threads; from the default ConvNet up, threads scale
-      better on a quiet host).
-    """
-    if train.device.type == "cuda":
-        return Plan("stacked", stack_size=n_seeds)
-    flops = count_flops(spec, train.in_channels, train.image_size, train.num_classes)
-    inner = "stacked" if spec.pool == "avgpool" and flops <= STACKED_STEP_MAX_FLOPS else "loop"
-    jobs = min(n_jobs, n_seeds)
-    even = n_seeds % jobs == 0 and flops <= PARALLEL_EVEN_MAX_FLOPS
-    parallel = jobs > 1 and (flops <= PARALLEL_ALWAYS_MAX_FLOPS or even)
-    per_process = -(-n_seeds // jobs) if parallel else n_seeds  # the seeds one process trains
-    stack = min(per_process, CPU_STACK_MAX) if inner == "stacked" and spec.norm != "layernorm" else 1
-    if parallel:
-        return Plan("parallel", stack_size=stack, n_jobs=jobs, inner=inner)
-    return Plan(inner, stack_size=stack)
-
-
-# Models per stacked network on a CPU: the gain was measured up to 10; beyond, the micro-batches of
-# a wide stack shrink towards one image and their per-call overhead takes over.
-CPU_STACK_MAX = 10
-# Forward FLOPs of one image up to which the one-model stacked step beats the reference step on CPU.
-STACKED_STEP_MAX_FLOPS = 20_000_000
-# Up to here a step is overhead-bound: one-thread workers win even when the seeds split unevenly.
-PARALLEL_ALWAYS_MAX_FLOPS = 10_000_000
-# Up to here one-thread workers match threads when the seeds split evenly. Above it a quiet
-# machine's two intra-op threads scale better: workers measured 0.92x for the default ConvNet
-# (98 MFLOPs) and 0.87x for W256 (385 MFLOPs) against a warm 2-thread loop.
-PARALLEL_EVEN_MAX_FLOPS = 50_000_000
-
-
-def stacks_fused(spec: ArchSpec) -> bool:
-    """Whether stacked seeds of ``spec`` run its norm -> activation -> pooling blocks as the fused
-    CPU kernel (:mod:`nas_proxy.fused`): small avg-pooled nets with instance or group norm and a
-    (leaky) ReLU, where the kernel is built. There, seeds stacked in the evaluator trained 1.5-1.8x
-    faster than one by one (12 such narrow candidates x 4 seeds, 30 epochs, one process)."""
-    return (
-        spec.pool == "avgpool"
-        and spec.norm in ("instancenorm", "groupnorm")
-        and spec.act in ("relu", "leakyrelu")
-        and count_flops(spec) <= STACKED_STEP_MAX_FLOPS
-        and fused.available()
-    )
-
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def train_many(
-    spec: ArchSpec | str,
-    train: Split,
-    test: Split,
-    config: TrainConfig,
-    seeds: Sequence[int],
-    *,
-    strategy: str = "auto",
-    n_jobs: int = 1,
-    stack_size: int | None = None,
-    options: FastOptions | None = None,
-) -> list[RunOutcome]:
-    """``[train_and_evaluate(spec, train, test, config, s) for s in seeds]``, to float tolerance, faster.
-
-    ``strategy``: one of :data:`STRATEGIES` (``auto``: :func:`choose_plan`). ``n_jobs``: worker
-    processes for ``parallel`` (``-1``: one per core); ``auto`` uses workers only when
-    ``n_jobs > 1``, so inside an evaluator's own worker pass ``n_jobs=1``. ``stack_size``: models per
-    stacked network (default: all seeds for ``stacked``; for ``parallel`` and ``auto`` what
-    :func:`choose_plan` picks, on a CPU all of a worker's seeds where stacking pays).
-    Results come back in ``seeds`` order; ``seconds`` of a stacked run is its share of the wall time.
-    """
-    if isinstance(spec, str):
-        spec = ArchSpec.from_id(spec)
-    if strategy not in STRATEGIES:
-        raise UnknownNameError("training strategy", strategy, STRATEGIES)
-    seeds = [int(s) for s in seeds]
-    if len(set(seeds)) != len(seeds):
-        raise NasProxyError(f"seeds must be distinct, got {seeds}")
-    jobs = _cpu_count() if n_jobs == -1 else n_jobs
-    if jobs < 1:
-        raise NasProxyError(f"n_jobs must be -1 or at least 1, got {n_jobs}")
-    if not seeds:
-        return []
-    if strategy == "parallel" and train.device.type != "cpu":
-        raise NasProxyError("strategy 'parallel' runs CPU worker processes; on a GPU use 'stacked' or 'auto'")
-    if strategy == "auto":
-        plan = choose_plan(spec, train, config, len(seeds), jobs)
-        if stack_size is not None:
-            plan = Plan(plan.strategy, stack_size, plan.n_jobs, plan.inner)
-    elif strategy == "parallel":
-        workers = max(1, min(_cpu_count() if n_jobs == 1 else jobs, len(seeds)))  # 'parallel' asks for workers
-        share = choose_plan(spec, train, config, -(-len(seeds) // workers), 1)  # what one worker runs
-        inner = "stacked" if stack_size else share.strategy
-        plan = Plan("parallel", stack_size or share.stack_size, workers, inner)
-    else:
-        plan = Plan(strategy, stack_size or len(seeds))
-    return _run_plan(spec, train, test, config, seeds, plan, options or FastOptions())
-
-
-def train_model_fast(
-    model: ConvNet, train: Split, config: TrainConfig, seed: int, *, on_epoch: EpochCallback | None = None
-) -> TrainStats:
-    """Drop-in for ``train_model`` (same arguments, same result) that takes the stacked step where faster.
-
-    That is where :func:`choose_plan` puts one model in the stacked code: a GPU, or a CPU and an
-    avg-pooled net up to ``STACKED_STEP_MAX_FLOPS``; on a CPU the result is bit-identical to
-    ``train_model``. ``on_epoch(epoch, model)`` sees ``model`` holding the epoch's weights (the
-    Optuna objective reports and prunes there). Elsewhere this is ``train_model`` itself.
-    """
-    plan = choose_plan(model.spec, train, config, n_seeds=1, n_jobs=1)
-    if plan.strategy != "stacked":
-        return train_model(model, train, config, seed, on_epoch=on_epoch)
-
-    def write_back_then(epoch: int, net: StackedConvNets) -> None:
-        net.write_back()
-        on_epoch(epoch, model)  # type: ignore[misc]  # only passed along when given
-
-    _, (stats,) = train_stacked([model], train, config, [seed], on_epoch=write_back_then if on_epoch else None)
-    return stats
-
-
-def train_and_evaluate_fast(
-    spec: ArchSpec | str, train: Split, test: Split, config: TrainConfig, seed: int
-) -> RunOutcome:
-    """Drop-in for ``train_and_evaluate`` (same signature; module-level so loky can pickle it).
-
-    One seed through the ``auto`` plan in this process: e.g. the evaluator's ``trainer=``.
-    """
-    return train_many(spec, train, test, config, [seed], strategy="auto", n_jobs=1)[0]
 
 
 __all__ = [
-    "STRATEGIES",
+    "COMPILE_MODES",
     "FastOptions",
-    "Plan",
     "StackedConvNets",
-    "avg_pool_2x2",
-    "choose_plan",
-    "default_group_memory",
     "group_key",
     "stacked_accuracy",
-    "stacks_fused",
     "step_memory",
-    "train_and_evaluate_fast",
-    "train_candidates",
-    "train_many",
-    "train_model_fast",
+    "train_group",
     "train_stacked",
 ]

@@ -1,37 +1,42 @@
-"""The fast training paths agree with the plain loop (train.py) to float tolerance."""
+"""The plan's training paths (train_many, train_candidates, train_model_fast) agree with the plain loop."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from nas_proxy import fused
+from nas_proxy import kernels
 from nas_proxy.data import Split, make_synthetic
 from nas_proxy.errors import NasProxyError, UnknownNameError
-from nas_proxy.fast import (
+from nas_proxy.microbatch import KEPT_MEMORY_MICRO_BATCH_BYTES, MICRO_BATCH_BYTES
+from nas_proxy.models import build_model, count_flops
+from nas_proxy.plan import (
     STACKED_STEP_MAX_FLOPS,
     STRATEGIES,
-    FastOptions,
+    DataShape,
+    ExecutionPlan,
+    ExecutionSettings,
     Plan,
-    StackedConvNets,
-    avg_pool_2x2,
+    Run,
     choose_plan,
-    group_key,
-    stacked_accuracy,
+    cpu_count,
+    micro_batch_budget,
+    outcome,
+    plan_runs,
     stacks_fused,
-    step_memory,
     train_and_evaluate_fast,
     train_candidates,
     train_many,
     train_model_fast,
-    train_stacked,
+    train_runs,
+    train_task,
 )
-from nas_proxy.models import build_model, count_flops
 from nas_proxy.space import ArchSpec, load_space
+from nas_proxy.stacked import FastOptions, StackedConvNets, group_key, step_memory, train_stacked
 from nas_proxy.train import RunOutcome, TrainConfig, train_and_evaluate, train_model
 
 # One of every norm, every pool, every activation; all tiny.
@@ -70,59 +75,12 @@ def assert_same_outcomes(a: list[RunOutcome], b: list[RunOutcome], n_test: int) 
             assert abs(x.accuracy - y.accuracy) <= 1 / n_test + 1e-9
 
 
-@pytest.mark.parametrize("arch", SPECS)
-@pytest.mark.parametrize("config", [FULL_BATCH, MINI_BATCH], ids=["full-batch", "mini-batch"])
-@pytest.mark.parametrize("seeds", [[0, 5, 7], [3]], ids=["three-models", "one-model"])
-def test_stacked_training_matches_the_loop_parameter_for_parameter(
-    data: tuple[Split, Split], arch: str, config: TrainConfig, seeds: list[int], micro: bool
-) -> None:
-    """Three models in one network: to float tolerance. One model: bit for bit (on a CPU), in
-    micro-batches too (the same pieces as train_model's)."""
-    train, _ = data
-    reference = [build_model(arch, seed=s) for s in seeds]
-    ref_stats = [train_model(m, train, config, s) for m, s in zip(reference, seeds, strict=True)]
-    models = [build_model(arch, seed=s) for s in seeds]
-    _, stats = train_stacked(models, train, config, seeds)
-    assert [s.steps for s in stats] == [s.steps for s in ref_stats]
-    for ref, got in zip(reference, models, strict=True):
-        ref_state, got_state = ref.state_dict(), got.state_dict()
-        assert ref_state.keys() == got_state.keys()
-        for key, value in ref_state.items():  # parameters and BatchNorm running statistics
-            if len(seeds) == 1:
-                assert torch.equal(got_state[key], value), f"{arch} {key}"
-            else:
-                torch.testing.assert_close(got_state[key], value, rtol=1e-4, atol=1e-5, msg=f"{arch} {key}")
-
-
-@pytest.mark.skipif(not fused.available(), reason="no C compiler here: PyTorch's kernels serve")
-def test_stacked_norm_blocks_run_fused_and_one_model_keeps_pytorchs_kernels(
-    data: tuple[Split, Split], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Several models: each norm -> ReLU -> pooling block wide enough is one fused kernel (the
-    test above holds them to the loop). One model: PyTorch's kernels, bit for bit the loop."""
-    train, _ = data
-    widths: list[int] = []
-    real = fused.norm_act_pool
-
-    def spy(x: torch.Tensor, *args: Any) -> torch.Tensor:
-        widths.append(x.shape[-1])
-        return real(x, *args)
-
-    monkeypatch.setattr(fused, "norm_act_pool", spy)
-    arch = "ConvNet-D2-W8-AR-IN-AP"  # maps of 32x32, then 16x16
-    train_stacked([build_model(arch, seed=s) for s in (0, 1)], train, FULL_BATCH, [0, 1])
-    assert sorted(set(widths)) == [16, 32]
-    widths.clear()
-    train_stacked([build_model(arch, seed=0)], train, FULL_BATCH, [0])
-    assert widths == []
-
-
-@pytest.mark.skipif(not fused.available(), reason="no C compiler here: PyTorch's kernels serve")
+@pytest.mark.skipif(not kernels.available(), reason="no C compiler here: PyTorch's kernels serve")
 def test_stacks_fused_predicts_which_stacks_have_fusable_blocks() -> None:
     """The evaluator's rule (from the spec) agrees with the stacked network's (from its layers)."""
     for spec in load_space("convnet720-narrow"):
         net = StackedConvNets([build_model(spec, seed=s) for s in (0, 1)])
-        if stacks_fused(spec):
+        if stacks_fused(spec, DataShape()):
             assert len(net.fusable_rows) == spec.depth, spec.id
         else:
             assert not net.fusable_rows or count_flops(spec) > STACKED_STEP_MAX_FLOPS, spec.id
@@ -237,23 +195,6 @@ def test_auto_stacks_each_process_share_of_seeds_where_stacking_pays(data: tuple
     assert plan("ConvNet-D3-W8-AR-IN-MP", 10, 1) == Plan("loop")
 
 
-@pytest.mark.parametrize(
-    "size", [(2, 3, 8, 8), (2, 5, 7, 6), (1, 2, 4, 10), (4, 8, 14, 14), (3, 8, 12, 20), (2, 4, 32, 32)]
-)
-def test_avg_pool_2x2_is_avg_pool2d_bit_for_bit(size: tuple[int, int, int, int]) -> None:
-    x = torch.randn(*size, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    y = x.detach().clone().requires_grad_(True)
-    grad = torch.randn(size[0], size[1], size[2] // 2, size[3] // 2, generator=torch.Generator().manual_seed(1))
-    got, expected = avg_pool_2x2(x), F.avg_pool2d(y, 2, 2)
-    assert torch.equal(got, expected)
-    with torch.no_grad():  # testing takes another path
-        assert torch.equal(avg_pool_2x2(x.detach()), expected)
-    got.backward(grad)  # type: ignore[no-untyped-call]
-    expected.backward(grad)  # type: ignore[no-untyped-call]
-    assert x.grad is not None and y.grad is not None
-    assert torch.equal(x.grad, y.grad)
-
-
 def test_bad_arguments_name_the_problem(data: tuple[Split, Split]) -> None:
     train, test = data
     with pytest.raises(UnknownNameError, match="strategy"):
@@ -270,35 +211,6 @@ def test_bad_arguments_name_the_problem(data: tuple[Split, Split]) -> None:
 
 
 # Every norm and activation at one depth, width and pooling: one group (group_key), 15 candidates.
-GROUP = [f"ConvNet-D2-W4-{act}-{norm}-AP" for norm in ("NN", "BN", "LN", "IN", "GN") for act in ("AS", "AR", "AL")]
-
-
-@pytest.mark.parametrize("config", [FULL_BATCH, MINI_BATCH], ids=["full-batch", "mini-batch"])
-@pytest.mark.parametrize("with_bn", [True, False], ids=["with-batchnorm", "per-image-norms"])
-def test_a_group_of_different_candidates_trains_as_each_alone(
-    data: tuple[Split, Split], config: TrainConfig, micro: bool, with_bn: bool
-) -> None:
-    """Mixed norms and activations in one stacked network: every model's tensors as if trained alone.
-
-    With micro-batches forced, a group without BatchNorm runs in pieces and one with it whole.
-    """
-    train, _ = data
-    order = GROUP[::-1][:7] + GROUP[:3]  # unsorted, with one architecture twice (other seed)
-    if not with_bn:
-        order = [a for a in order if "-BN-" not in a]
-    seeds = list(range(len(order)))
-    reference = [build_model(a, seed=s) for a, s in zip(order, seeds, strict=True)]
-    ref_stats = [train_model(m, train, config, s) for m, s in zip(reference, seeds, strict=True)]
-    models = [build_model(a, seed=s) for a, s in zip(order, seeds, strict=True)]
-    _, stats = train_stacked(models, train, config, seeds)
-    assert [s.steps for s in stats] == [s.steps for s in ref_stats]
-    for arch, ref, got in zip(order, reference, models, strict=True):
-        ref_state, got_state = ref.state_dict(), got.state_dict()
-        assert ref_state.keys() == got_state.keys()
-        for key, value in ref_state.items():
-            torch.testing.assert_close(got_state[key], value, rtol=1e-4, atol=1e-5, msg=f"{arch} {key}")
-
-
 def test_train_candidates_matches_one_by_one_in_input_order(data: tuple[Split, Split]) -> None:
     train, test = data
     # Two groups interleaved (pooling differs), one candidate with two seeds.
@@ -313,20 +225,6 @@ def test_train_candidates_matches_one_by_one_in_input_order(data: tuple[Split, S
     # A tiny memory budget leaves one model per network: then every run is bit-identical to the loop.
     alone = train_candidates(runs, train, test, FULL_BATCH, group_memory=1)
     assert [o.accuracy for o in alone] == [o.accuracy for o in expected]
-
-
-def test_a_diverging_candidate_leaves_its_group_alone(data: tuple[Split, Split]) -> None:
-    train, test = data
-    runs = [(a, 0) for a in GROUP[3:9]]
-    expected = [train_and_evaluate(a, train, test, FULL_BATCH, s) for a, s in runs]
-    models = [build_model(a, seed=s) for a, s in runs]
-    with torch.no_grad():
-        models[2].classifier.weight[0, 0] = float("nan")  # this one is broken from the start
-    net, stats = train_stacked(models, train, FULL_BATCH, [s for _, s in runs])
-    assert [s.diverged for s in stats] == [i == 2 for i in range(len(runs))]
-    for i, (acc, ref) in enumerate(zip(stacked_accuracy(net, test), expected, strict=True)):
-        if i != 2:
-            assert abs(acc - ref.accuracy) <= 1 / len(test) + 1e-9
 
 
 def test_group_key_and_memory_bound_the_groups(data: tuple[Split, Split]) -> None:
@@ -347,14 +245,131 @@ def test_group_key_and_memory_bound_the_groups(data: tuple[Split, Split]) -> Non
         train_candidates([(GROUP[0], 0)], train, train, FULL_BATCH, max_group=0)
 
 
-@pytest.mark.parametrize("text", ["none", "channels_last", "bf16,compile", "compile=reduce-overhead,channels_last"])
-def test_fast_options_round_trip_through_their_text(text: str) -> None:
-    options = FastOptions.parse(text)
-    assert FastOptions.parse(options.text) == options
-    assert options.channels_last == ("channels_last" in text) and options.bf16 == ("bf16" in text)
+GROUP = [f"ConvNet-D2-W4-{act}-{norm}-AP" for norm in ("NN", "BN", "LN", "IN", "GN") for act in ("AS", "AR", "AL")]
 
 
-@pytest.mark.parametrize("text", ["fast", "bf16=1", "compile=warp", ""])
-def test_fast_options_name_what_is_valid(text: str) -> None:
-    with pytest.raises(UnknownNameError, match="valid: "):
-        FastOptions.parse(text)
+# ----------------------------------------------------------------------------- the plan of many runs
+
+
+def _tasks(plan: ExecutionPlan) -> list[list[tuple[str, int, str]]]:
+    return [[(plan.runs[i].arch_id, plan.runs[i].seed, plan.runs[i].pool) for i in task] for task in plan.tasks]
+
+
+FUSING, PLAIN = "ConvNet-D2-W8-AR-IN-AP", "ConvNet-D2-W8-AS-BN-AP"  # one group_key, one fuses
+RUNS = [Run(a, s, pool, pool == "full") for pool in ("proxy", "full") for a in (FUSING, PLAIN) for s in (0, 1)]
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no C compiler here: no fused kernel, so auto stays off on a CPU")
+def test_auto_on_a_cpu_stacks_only_the_proxy_seeds_of_fusing_candidates() -> None:
+    plan = plan_runs(RUNS, DataShape(), ExecutionSettings(), "cpu")
+    assert plan.fused and plan.workers == 1 and plan.device == "cpu"
+    assert _tasks(plan)[0] == [(FUSING, 0, "proxy"), (FUSING, 1, "proxy")]
+    assert sorted(len(t) for t in plan.tasks) == [1] * 6 + [2]
+    assert plan.describe()["seeds"] == 1 and plan.describe()["alone"] == 6
+
+
+def test_the_plan_judges_fusing_on_the_real_data_shape() -> None:
+    """A net small on 28px images is too large to stack on 64px ones (its FLOPs grow with the map)."""
+    spec = ArchSpec.from_id("ConvNet-D2-W32-AR-IN-AP")  # 5.6 MFLOPs an image at 28px, 27 at 64px
+    assert stacks_fused(spec, DataShape(1, 28, 10))
+    assert not stacks_fused(spec, DataShape(3, 64, 10))
+    if kernels.available():
+        runs = [Run(spec.id, s, "proxy") for s in (0, 1)]
+        assert len(plan_runs(runs, DataShape(1, 28, 10), ExecutionSettings(), "cpu").tasks) == 1
+        assert len(plan_runs(runs, DataShape(3, 64, 10), ExecutionSettings(), "cpu").tasks) == 2
+
+
+def test_on_a_gpu_seeds_and_candidates_stack_but_whole_data_runs_stay_apart_from_other_candidates() -> None:
+    plan = plan_runs(RUNS, DataShape(), ExecutionSettings(), "cuda:0")
+    assert not plan.fused
+    tasks = _tasks(plan)
+    assert [(a, s) for a, s, _ in tasks[0]] == [(FUSING, 0), (FUSING, 1), (PLAIN, 0), (PLAIN, 1)]  # one group
+    assert sorted(len(t) for t in tasks) == [2, 2, 4]  # whole data: each candidate's seeds, not the group
+    asked = ExecutionSettings(batch_seeds=False, batch_candidates=False)
+    assert all(len(t) == 1 for t in plan_runs(RUNS, DataShape(), asked, "cuda").tasks)
+
+
+def test_the_micro_batch_budget_is_the_plans_and_bigger_in_our_workers() -> None:
+    here = plan_runs(RUNS, DataShape(), ExecutionSettings(), "cpu")
+    workers = plan_runs(RUNS, DataShape(), ExecutionSettings(n_jobs=2), "cpu")
+    assert here.micro_batch_bytes == MICRO_BATCH_BYTES == micro_batch_budget(in_workers=False)
+    assert workers.micro_batch_bytes == KEPT_MEMORY_MICRO_BATCH_BYTES and workers.workers == 2
+    assert workers.tasks == here.tasks  # where runs execute changes no grouping
+
+
+def test_a_failed_stacked_task_is_logged_with_its_reason_and_retried_one_by_one(
+    data: tuple[Split, Split], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import nas_proxy.plan as plan_module
+
+    def broken(*args: object, **kwargs: object) -> list[RunOutcome]:
+        raise RuntimeError("no memory\nfor the stack")
+
+    monkeypatch.setattr(plan_module, "train_many", broken)
+    train, test = data
+    runs = [(SPECS[0], 0), (SPECS[0], 1)]
+    with caplog.at_level("WARNING", logger="nas_proxy.plan"):
+        got = train_task(runs, train, test, FULL_BATCH)
+    expected = [train_and_evaluate(SPECS[0], train, test, FULL_BATCH, s) for s in (0, 1)]
+    assert got == [replace(o, seconds=g.seconds) for o, g in zip(expected, got, strict=True)]  # type: ignore[union-attr]
+    (record,) = caplog.records
+    assert "2 runs" in record.message and SPECS[0] in record.message
+    assert "RuntimeError: no memory for the stack" in record.message and "one by one" in record.message
+
+
+def test_a_run_that_fails_alone_comes_back_as_its_exception(data: tuple[Split, Split]) -> None:
+    train, test = data
+
+    def flaky(arch: ArchSpec | str, tr: Split, te: Split, cfg: TrainConfig, seed: int) -> RunOutcome:
+        raise ValueError(f"bad {seed}")
+
+    got = train_task([(SPECS[1], 3)], train, test, FULL_BATCH, trainer=flaky)
+    assert len(got) == 1 and isinstance(got[0], ValueError) and str(got[0]) == "bad 3"
+    with pytest.raises(ValueError, match="bad 3"):
+        outcome(got[0])
+
+
+def test_train_runs_trains_every_run_of_a_plan_once(data: tuple[Split, Split]) -> None:
+    train, test = data
+    runs = [Run(a, s) for a in (SPECS[0], SPECS[1]) for s in (0, 1)]
+    plan = plan_runs(runs, DataShape.of(test), ExecutionSettings(batch_seeds=True), "cpu")
+    got = dict(train_runs(plan, train, test, FULL_BATCH))
+    assert sorted(got) == [0, 1, 2, 3]
+    expected = [train_and_evaluate(r.arch_id, train, test, FULL_BATCH, r.seed) for r in runs]
+    assert_same_outcomes(expected, [outcome(got[i]) for i in range(4)], len(test))
+
+
+# ----------------------------------------------------------------------------- execution settings
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"n_jobs": 0}, r"^n_jobs must be a positive integer \(or -1 for all cores\), got 0$"),
+        ({"n_jobs": True}, "n_jobs must be a positive integer"),
+        ({"n_jobs": 1.5}, "n_jobs must be a positive integer"),
+        ({"backend": "spark"}, r"^unknown backend 'spark'; valid: loky, dask$"),
+        ({"scheduler": "tcp://x:1"}, "^scheduler needs backend dask$"),
+        ({"batch_seeds": "yes"}, r"batch_seeds must be True, False or None \(auto\)"),
+    ],
+)
+def test_execution_settings_are_checked_once_when_made(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(NasProxyError, match=message) as info:
+        ExecutionSettings(**fields)
+    assert "\n" not in str(info.value)
+
+
+def test_execution_settings_resolve_all_cores_and_keep_their_switches() -> None:
+    settings = ExecutionSettings(n_jobs=-1, fast=FastOptions(channels_last=True))
+    assert settings.workers == cpu_count() >= 1
+    assert settings.fast.text == "channels_last" and ExecutionSettings() == ExecutionSettings()
+
+
+def test_evaluate_takes_settings_or_keywords_not_both(data: tuple[Split, Split], tmp_path: Any) -> None:
+    from nas_proxy.evaluate import evaluate, full_source
+
+    train, test = data
+    with pytest.raises(NasProxyError, match="not both"):
+        evaluate([SPECS[0]], [full_source(train, FULL_BATCH)], test, out_dir=tmp_path / "x", n_jobs=2,
+                 execution=ExecutionSettings(), progress=False)  # fmt: skip
+    assert not (tmp_path / "x" / "runs.jsonl").exists()
