@@ -231,11 +231,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_proxy(args: argparse.Namespace) -> int:
-    from nas_proxy.data import load_dataset
+    from nas_proxy.data import check_pair, load_dataset
     from nas_proxy.log import note
     from nas_proxy.proxies import load_proxy
     from nas_proxy.proxies.artifact import check_dataset, dataset_argument
-    from nas_proxy.proxies.scoring import check_compatible, evaluate_proxy, summarize
+    from nas_proxy.proxies.scoring import evaluate_proxy, summarize
     from nas_proxy.space import ArchSpec
     from nas_proxy.train import RunOutcome, TrainConfig
 
@@ -251,7 +251,7 @@ def _cmd_eval_proxy(args: argparse.Namespace) -> int:
         note(f"testing on {test.dataset}, not {proxy.manifest.dataset} that {args.path} was built from")
     if args.test_subset is not None:
         test = test.random_subset(args.test_subset, seed=0)  # fixed subset: comparable across proxies
-    check_compatible(proxy, test)
+    check_pair(proxy.as_split(), test, f"proxy {proxy.id}")
     print(f"proxy:    {args.path} ({proxy.id}, {len(proxy)} images)")
     print(f"protocol: {spec.id}, {config.epochs} epochs, {args.models} models, test on {len(test)} {test.dataset}")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nas_proxy.errors import NasProxyError
+from nas_proxy.zero_cost import parse_rankers
 
 
 @dataclass(frozen=True)
@@ -91,14 +92,7 @@ def run_demo(
 ) -> DemoResult:
     """Build proxies, evaluate the candidates on them and on the ground truth, and write the report."""
     from nas_proxy.data import load_dataset
-    from nas_proxy.evaluate import (
-        available_rankers,
-        early_stopping_sources,
-        evaluate,
-        full_source,
-        parse_rankers,
-        proxy_source,
-    )
+    from nas_proxy.evaluate import early_stopping_sources, evaluate, full_source, proxy_source
     from nas_proxy.proxies import list_builders, load_proxy, save_proxy
     from nas_proxy.report import build_report, write_report
     from nas_proxy.space import load_space
@@ -134,7 +128,7 @@ def run_demo(
     if cfg.early_stopping:
         sources += early_stopping_sources(sources, train, full_cfg)
     sources.append(full_source(train, full_cfg))
-    rankers = parse_rankers(cfg.rankers) if cfg.rankers and available_rankers() else []
+    rankers = parse_rankers(cfg.rankers) if cfg.rankers else []
     evaluate(
         specs,
         sources,

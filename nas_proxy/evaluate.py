@@ -23,130 +23,36 @@ import tempfile
 import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 import torch
 
+from nas_proxy import zero_cost
 from nas_proxy.cluster import DEFAULT_TIMEOUT, ClusterError, DaskSession, connect, parse_address
-from nas_proxy.data import Split
+from nas_proxy.data import Split, check_pair
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
 from nas_proxy.fast import FastOptions, group_key, stacks_fused, train_candidates, train_many
 from nas_proxy.log import progress_bar
 from nas_proxy.microbatch import keep_freed_memory
-from nas_proxy.proxies.artifact import ProxySet
+from nas_proxy.sources import (
+    FULL_ID,
+    TrainingSource,
+    early_stopping_sources,
+    full_source,
+    proxy_source,
+)
 from nas_proxy.space import ArchSpec
 from nas_proxy.store import STORE_FORMAT, ResultsStore, RunRow, ScoreRow, now_iso
 from nas_proxy.train import RunOutcome, TrainConfig, parse_curve, train_and_evaluate
+from nas_proxy.zero_cost import parse_rankers
 
 BACKENDS: tuple[str, ...] = ("loky", "dask")
-SOURCE_KINDS: tuple[str, ...] = ("proxy", "early", "full")
-FULL_ID = "full"
 
 # (spec or id, train, test, config, seed) -> RunOutcome; the batched trainer of issue 6 plugs in here.
 Trainer = Callable[[ArchSpec | str, Split, Split, TrainConfig, int], RunOutcome]
-
-
-# ----------------------------------------------------------------------------- training sources
-
-
-@dataclass(frozen=True, eq=False)
-class TrainingSource:
-    """A named training set and how to train on it. ``id`` is the ``source_id`` of its rows."""
-
-    id: str
-    kind: str  # "proxy" | "early" | "full"
-    split: Split
-    config: TrainConfig
-    label: str = ""
-    images: int = 0  # storage: images kept (the proxy's, or the whole set's)
-    bytes: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.kind not in SOURCE_KINDS:
-            raise NasProxyError(f"source kind must be one of {', '.join(SOURCE_KINDS)}, got {self.kind!r}")
-        if not self.id or any(c in self.id for c in "\n\r,\"'"):
-            raise NasProxyError(f"bad training-source id {self.id!r}")
-
-    def describe(self) -> dict[str, Any]:
-        """What the protocol file records about this source."""
-        return {
-            "kind": self.kind,
-            "label": self.label or self.id,
-            "dataset": self.split.dataset,
-            "train_images": len(self.split),
-            "images": self.images or len(self.split),
-            "bytes": self.bytes or _split_bytes(self.split),
-            "config": self.config.fields(),
-            "config_hash": self.config.hash,
-            **self.meta,
-        }
-
-
-def _split_bytes(split: Split) -> int:
-    return split.images.numel() * split.images.element_size() + split.labels.numel() * split.labels.element_size()
-
-
-def proxy_source(proxy: ProxySet, config: TrainConfig, *, path: str | Path | None = None) -> TrainingSource:
-    """A proxy set as a training source (id ``<method>-ipc<k>-s<seed>-<hash>``, storage from its manifest)."""
-    m = proxy.manifest
-    meta: dict[str, Any] = {
-        "method": m.method,
-        "ipc": m.ipc,
-        "proxy_seed": m.seed,
-        "params": m.params,
-        "build_seconds": m.build_seconds,
-        "content_hash": m.content_hash,
-    }
-    if path is not None:
-        meta["path"] = str(path)
-    return TrainingSource(
-        id=proxy.id,
-        kind="proxy",
-        split=proxy.as_split(),
-        config=config,
-        label=f"{m.method} ipc{m.ipc}",
-        images=m.images,
-        bytes=m.bytes,
-        meta=meta,
-    )
-
-
-def full_source(train: Split, config: TrainConfig) -> TrainingSource:
-    """The whole training set: the ground truth every ranker is judged against."""
-    return TrainingSource(
-        FULL_ID, "full", train, config, label="whole data", images=len(train), bytes=_split_bytes(train)
-    )
-
-
-def early_stopping_sources(
-    proxies: Sequence[TrainingSource], train: Split, config: TrainConfig
-) -> list[TrainingSource]:
-    """Whole data, stopped after as many SGD steps as a proxy run takes (one source per distinct count).
-
-    Proxies of the same size take the same number of steps, so they share one early-stopping
-    source (``early-<steps>steps``) instead of training identical runs again.
-    """
-    by_steps: dict[int, list[str]] = {}
-    for p in proxies:
-        if p.kind == "proxy":
-            by_steps.setdefault(p.config.total_steps(len(p.split)), []).append(p.id)
-    return [
-        TrainingSource(
-            f"early-{steps}steps",
-            "early",
-            train,
-            replace(config.without_curve(), max_steps=steps),
-            label=f"early stopping ({steps} steps)",
-            images=len(train),
-            bytes=_split_bytes(train),
-            meta={"steps": steps, "matches": ids},
-        )
-        for steps, ids in sorted(by_steps.items())
-    ]
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -415,15 +321,7 @@ def _validate(
             raise NasProxyError(
                 f"training source {s.id} was made from dataset {sp.dataset!r}, but the test set is {test.dataset!r}"
             )
-        shape, want = (
-            (sp.in_channels, sp.image_size, sp.num_classes),
-            (test.in_channels, test.image_size, test.num_classes),
-        )
-        if shape != want:
-            raise NasProxyError(
-                f"training source {s.id} has images {shape[0]}x{shape[1]}px with {shape[2]} classes; "
-                f"the test set has {want[0]}x{want[1]}px with {want[2]}"
-            )
+        check_pair(sp, test, f"training source {s.id}")
     return ids
 
 
@@ -758,30 +656,6 @@ def _evaluate(
 # ----------------------------------------------------------------------------- training-free rankers
 
 
-def available_rankers() -> list[str]:
-    """Training-free rankers: those of :mod:`nas_proxy.zero_cost` when installed, else params and flops."""
-    try:
-        from nas_proxy import zero_cost
-    except ImportError:
-        return ["params", "flops"]
-    return list(zero_cost.list_rankers())
-
-
-def parse_rankers(text: str | Sequence[str]) -> list[str]:
-    """``"all"`` or ``"synflow,naswot"`` -> validated ranker names (unknown names list the valid ones)."""
-    from nas_proxy.errors import UnknownNameError
-
-    parts = text.split(",") if isinstance(text, str) else list(text)
-    names = [p.strip() for p in parts if p.strip()]
-    valid = available_rankers()
-    if names == ["all"]:
-        return valid
-    for name in names:
-        if name not in valid:
-            raise UnknownNameError("ranker", name, valid)
-    return list(dict.fromkeys(names))
-
-
 def _check_rankers(rankers: Sequence[str], train: Split | None) -> list[str]:
     if not rankers:
         return []
@@ -804,10 +678,6 @@ def _score_rankers(
     progress: bool,
 ) -> int:
     """Score every candidate with every ranker (one seeded model and batch per seed); stored as they come."""
-    try:
-        from nas_proxy import zero_cost
-    except ImportError:
-        return 0  # params and flops alone are computed by the report from the ids
     assert train is not None
     done = {(r.ranker, r.arch_id, r.seed) for r in store.score_rows()}
     count = 0

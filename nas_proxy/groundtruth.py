@@ -68,6 +68,11 @@ class GroundTruth:
     path: Path | None = None
 
     @property
+    def bare(self) -> bool:
+        """A table without a protocol (``load_ground_truth(..., bare=True)``): ranks, but no config."""
+        return not self.protocol
+
+    @property
     def config(self) -> TrainConfig:
         names = {f.name for f in fields(TrainConfig)}
         return TrainConfig(**{k: v for k, v in self.protocol["config"].items() if k in names})
@@ -162,6 +167,17 @@ class GroundTruth:
             "config_hash": self.config.hash,
             "ground_truth": {"path": str(self.path) if self.path else None, "csv_sha256": p.get("csv_sha256")},
         }
+
+
+def _read_csv(path: Path, columns: tuple[str, ...], hint: str = "") -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, dtype={"arch_id": str, "reason": str, "status": str})
+    except (OSError, ValueError) as exc:
+        raise NasProxyError(f"{path}: unreadable CSV ({exc})") from exc
+    lacking = [c for c in columns if c not in table.columns]
+    if lacking:
+        raise NasProxyError(f"{path}: missing columns {', '.join(lacking)}{hint}")
+    return table
 
 
 def _number(value: Any) -> float:
@@ -277,14 +293,27 @@ def _curve_accuracy(curve: Any, step: int) -> float:
     return math.nan
 
 
-def load_ground_truth(path: str | Path) -> GroundTruth:
-    """Read and check a ground-truth CSV and its JSON sidecar; every error names the file."""
+BARE_COLUMNS: tuple[str, ...] = ("arch_id", "accuracy")
+
+
+def load_ground_truth(path: str | Path, *, bare: bool = False) -> GroundTruth:
+    """Read and check a ground-truth CSV and its JSON sidecar; every error names the file.
+
+    The one reader of ground-truth files (the evaluator's ``--ground-truth``, the search's ranks).
+    A file with a sidecar is always checked in full: the sidecar's fields, the CSV against its
+    SHA-256, the columns, the statuses, the config against its hash. ``bare=True`` also takes a
+    CSV without a sidecar, a table from elsewhere (a published benchmark): it needs only
+    ``arch_id`` and ``accuracy`` (``status`` optional), and its protocol is empty
+    (:attr:`GroundTruth.bare`), so it can rank candidates but not stand in for whole-data runs.
+    """
     path = Path(path)
     if path.suffix == ".json":
         path = path.with_suffix(".csv")
     if not path.is_file():
         raise NasProxyError(f"ground-truth file {str(path)!r} does not exist")
     side = sidecar_path(path)
+    if bare and not side.is_file():
+        return GroundTruth(_read_csv(path, BARE_COLUMNS, f" (needs {', '.join(BARE_COLUMNS)})"), {}, path)
     if not side.is_file():
         raise NasProxyError(f"{path}: its protocol file {side.name} is missing (export writes both)")
     try:
@@ -298,13 +327,7 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
         raise NasProxyError(f"{side}: protocol lacks {', '.join(missing)}")
     if _sha256(path) != protocol["csv_sha256"]:
         raise NasProxyError(f"{path}: content does not match the SHA-256 in {side.name} (edited or truncated)")
-    try:
-        table = pd.read_csv(path, dtype={"arch_id": str, "reason": str, "status": str})
-    except (OSError, ValueError) as exc:
-        raise NasProxyError(f"{path}: unreadable CSV ({exc})") from exc
-    lacking = [c for c in GT_COLUMNS if c not in table.columns]
-    if lacking:
-        raise NasProxyError(f"{path}: missing columns {', '.join(lacking)}")
+    table = _read_csv(path, GT_COLUMNS)
     bad = sorted(set(table["status"]) - set(STATUSES))
     if bad:
         raise NasProxyError(f"{path}: unknown status {bad[0]!r}; valid: {', '.join(STATUSES)}")

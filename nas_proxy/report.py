@@ -33,7 +33,6 @@ from nas_proxy.metrics import (
     Comparison,
     Cost,
     Interval,
-    baseline_scores,
     candidate_scores,
     compare,
     curve_steps,
@@ -43,6 +42,7 @@ from nas_proxy.metrics import (
     seed_to_seed,
 )
 from nas_proxy.store import ResultsStore, open_store
+from nas_proxy.zero_cost import baseline_scores
 
 KIND_ORDER = {"proxy": 0, "early": 1, "full": 2, "ceiling": 3, "ranker": 4, "combined": 5}
 CEILING_ID = "ceiling:seed-to-seed"

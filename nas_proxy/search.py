@@ -36,12 +36,14 @@ import optuna
 import torch
 from optuna.trial import BaseTrial, FrozenTrial, TrialState
 
-from nas_proxy.data import Split
+from nas_proxy.data import Split, check_pair
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError, UnknownNameError
 from nas_proxy.fast import train_model_fast
+from nas_proxy.groundtruth import load_ground_truth
 from nas_proxy.models import build_model, count_params
 from nas_proxy.proxies.artifact import ProxySet
+from nas_proxy.sources import TrainingSource, full_source, proxy_source
 from nas_proxy.space import AXES, ArchSpec, SearchSpace
 from nas_proxy.studies import (
     DEFAULT_HEARTBEAT,
@@ -84,26 +86,11 @@ def trial_arch(trial: FrozenTrial) -> ArchSpec:
 # ----------------------------------------------------------------------------- objective
 
 
-@dataclass(frozen=True)
-class _Source:
-    split: Split
-    source_id: str
-
-
-def _as_source(train_source: Split | ProxySet, source_id: str | None, device: torch.device) -> _Source:
+def _as_source(train_source: Split | ProxySet, source_id: str | None, config: TrainConfig) -> TrainingSource:
     if isinstance(train_source, ProxySet):
-        return _Source(train_source.as_split(device), source_id or train_source.id)
-    return _Source(train_source.to(device), source_id or f"{train_source.dataset}-n{len(train_source)}")
-
-
-def _check_pair(train: Split, test: Split) -> None:
-    if train.images.shape[1:] != test.images.shape[1:]:
-        raise NasProxyError(
-            f"training images are {tuple(train.images.shape[1:])} but eval images of {test.dataset} "
-            f"are {tuple(test.images.shape[1:])}"
-        )
-    if train.num_classes != test.num_classes:
-        raise NasProxyError(f"training data has {train.num_classes} classes but eval split has {test.num_classes}")
+        source = proxy_source(train_source, config)
+        return source if source_id is None else replace(source, id=source_id)
+    return full_source(train_source, config, id=source_id or f"{train_source.dataset}-n{len(train_source)}")
 
 
 def make_objective(
@@ -146,20 +133,19 @@ def make_objective(
     if diverged not in ("fail", "zero"):
         raise UnknownNameError("diverged policy", diverged, ("fail", "zero"))
     dev = resolve_device(device)
-    source = _as_source(train_source, source_id, dev)
-    test = eval_split.to(dev)
-    _check_pair(source.split, test)
-    if len(source.split) == 0 or len(test) == 0:
-        raise NasProxyError("training source and eval split must both hold images")
     cfg = replace(config or TrainConfig(), epochs=epochs)
+    source = _as_source(train_source, source_id, cfg)
+    train, test = source.split.to(dev), eval_split.to(dev)
+    check_pair(train, test)
+    if len(train) == 0 or len(test) == 0:
+        raise NasProxyError("training source and eval split must both hold images")
     every = report_every or max(1, epochs // 10)
     # A fixed subset (seeded by `seed`) so every trial's intermediate values are comparable.
     monitor = test if report_images is None or report_images >= len(test) else test.random_subset(report_images, seed)
-    train = source.split
 
     def objective(trial: BaseTrial) -> float | tuple[float, float]:
         spec = suggest_arch(trial, space)
-        for key, value in (("source_id", source.source_id), ("epochs", epochs), ("seed", seed)):
+        for key, value in (("source_id", source.id), ("epochs", epochs), ("seed", seed)):
             trial.set_user_attr(key, value)
         if reuse_duplicates:
             twin = _completed_twin(trial, spec.id)
@@ -436,30 +422,29 @@ def best_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
 
 @dataclass(frozen=True)
 class GroundTruthRanks:
-    """Whole-data accuracy per architecture (mean over seeds) and its rank (1 = best)."""
+    """Whole-data accuracy per architecture (mean over seeds) and its rank (1 = best).
+
+    ``dataset``: the file's dataset when it has a protocol (None for a bare table).
+    """
 
     accuracy: dict[str, float]
     rank: dict[str, int]
     path: str
+    dataset: str | None = None
 
     def __len__(self) -> int:
         return len(self.accuracy)
 
 
 def read_ground_truth(path: str | Path) -> GroundTruthRanks:
-    """Read ``arch_id`` and ``accuracy`` (in [0, 1]) from a ground-truth CSV; ``status`` other than ok is dropped."""
-    import pandas as pd
+    """Ranks from a ground-truth file read by :func:`nas_proxy.groundtruth.load_ground_truth`.
 
-    path = Path(path)
-    if not path.is_file():
-        raise NasProxyError(f"ground-truth file {str(path)!r} does not exist")
-    try:
-        table = pd.read_csv(path)
-    except (OSError, ValueError) as exc:
-        raise NasProxyError(f"{path}: unreadable CSV ({exc})") from exc
-    missing = [c for c in ("arch_id", "accuracy") if c not in table.columns]
-    if missing:
-        raise NasProxyError(f"{path}: missing columns {', '.join(missing)} (needs arch_id, accuracy)")
+    An exported file is checked with its sidecar (hash, columns, statuses, config); a bare CSV
+    from elsewhere needs ``arch_id`` and ``accuracy`` (in [0, 1]). Rows whose ``status`` is not
+    ok are dropped.
+    """
+    gt = load_ground_truth(path, bare=True)
+    table = gt.table
     if "status" in table.columns:
         table = table[table["status"] == "ok"]
     table = table.dropna(subset=["accuracy"])
@@ -468,7 +453,10 @@ def read_ground_truth(path: str | Path) -> GroundTruthRanks:
     mean = table.groupby("arch_id")["accuracy"].mean().sort_values(ascending=False, kind="stable")
     ranks = mean.rank(ascending=False, method="min").astype(int)
     return GroundTruthRanks(
-        {str(k): float(v) for k, v in mean.items()}, {str(k): int(v) for k, v in ranks.items()}, str(path)
+        {str(k): float(v) for k, v in mean.items()},
+        {str(k): int(v) for k, v in ranks.items()},
+        str(gt.path),
+        None if gt.bare else gt.dataset,
     )
 
 

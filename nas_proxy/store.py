@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from nas_proxy.errors import NasProxyError
 from nas_proxy.lock import LOCK_NAME, Holder, check_free, exclusive
@@ -227,6 +228,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def save_torch_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename over ``path`` (parents created): a checkpoint
+    is the old one or the new one, never half of one, when a kill lands mid-write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
     tmp.replace(path)
 
 

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -317,7 +318,12 @@ def get_ranker(name: str) -> Ranker:
 
 
 def parse_rankers(text: str | Iterable[str]) -> list[str]:
-    """``"all"`` or a comma list (``"synflow,naswot"``) -> validated names, duplicates dropped, order kept."""
+    """``"all"`` or a comma list (``"synflow,naswot"``) -> validated names, duplicates dropped, order kept.
+
+    The one parser of ranker names (``evaluate --rankers``, the demo, :func:`score_space`). Input
+    that names nothing (``""``, ``" , "``, ``[]``) raises listing the valid names: a caller that
+    wants no rankers passes none and does not call this.
+    """
     parts = text.split(",") if isinstance(text, str) else list(text)
     names = [p.strip() for p in parts if p.strip()]
     if not names:
@@ -327,6 +333,25 @@ def parse_rankers(text: str | Iterable[str]) -> list[str]:
     for name in names:
         get_ranker(name)
     return list(dict.fromkeys(names))
+
+
+def baseline_scores(
+    arch_ids: Sequence[str], in_channels: int, image_size: int, num_classes: int
+) -> dict[str, pd.Series]:
+    """The rankers that need neither data nor training, :func:`params` and :func:`flops`, over ids.
+
+    The report's params/flops columns when a store holds no scores of its own. Counted on the
+    meta device: exact shapes of every layer, no memory, no initialisation.
+    """
+    scores: dict[str, dict[str, float]] = {"params": {}, "flops": {}}
+    for arch in arch_ids:
+        with torch.device("meta"):
+            model = build_model(arch, in_channels, image_size, num_classes)
+            sample = torch.empty(1, in_channels, image_size, image_size)
+        labels = torch.empty(1, dtype=torch.long, device="meta")
+        for name, values in scores.items():
+            values[arch] = RANKERS[name](model, sample, labels)
+    return {name: pd.Series(values, name=name) for name, values in scores.items()}
 
 
 # ----------------------------------------------------------------------------- safe scoring
