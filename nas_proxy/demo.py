@@ -92,9 +92,10 @@ def run_demo(
 ) -> DemoResult:
     """Build proxies, evaluate the candidates on them and on the ground truth, and write the report."""
     from nas_proxy.data import load_dataset
-    from nas_proxy.evaluate import early_stopping_sources, evaluate, full_source, proxy_source
+    from nas_proxy.evaluate import evaluate
     from nas_proxy.proxies import list_builders, load_proxy, save_proxy
     from nas_proxy.report import build_report, write_report
+    from nas_proxy.sources import early_stopping_sources, full_source, proxy_source
     from nas_proxy.space import load_space
     from nas_proxy.train import TrainConfig
 

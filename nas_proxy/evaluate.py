@@ -37,6 +37,7 @@ from nas_proxy.errors import NasProxyError
 from nas_proxy.fast import FastOptions, group_key, stacks_fused, train_candidates, train_many
 from nas_proxy.log import progress_bar
 from nas_proxy.microbatch import keep_freed_memory
+from nas_proxy.protocol import Invocation, RunProtocol, SourceRecord, StoredConfig
 from nas_proxy.sources import (
     FULL_ID,
     TrainingSource,
@@ -45,7 +46,7 @@ from nas_proxy.sources import (
     proxy_source,
 )
 from nas_proxy.space import ArchSpec
-from nas_proxy.store import STORE_FORMAT, ResultsStore, RunRow, ScoreRow, now_iso
+from nas_proxy.store import ResultsStore, RunRow, ScoreRow, now_iso
 from nas_proxy.train import RunOutcome, TrainConfig, parse_curve, train_and_evaluate
 from nas_proxy.zero_cost import parse_rankers
 
@@ -235,11 +236,11 @@ def _groups(
     return list(out.values())
 
 
-def protocol_of(sources: Sequence[TrainingSource], test: Split) -> dict[str, Any]:
+def protocol_of(sources: Sequence[TrainingSource], test: Split) -> RunProtocol:
     """The settings that give a store's rows their meaning; a rerun must agree with them."""
     from nas_proxy import __version__
 
-    configs: dict[str, Any] = {}
+    configs: dict[str, StoredConfig] = {}
     trained: dict[str, str] = {}  # kind -> hash of its training without the curve
     # Early stopping is the whole-data training cut short (and records no curve of its own).
     for s in sorted(sources, key=lambda s: s.kind == "early"):
@@ -248,44 +249,20 @@ def protocol_of(sources: Sequence[TrainingSource], test: Split) -> dict[str, Any
         same = base.without_curve().hash
         if kind in trained and trained[kind] != same:
             raise NasProxyError(f"all {kind} sources must share one training config; {s.id} differs")
-        if kind in configs and s.kind != "early" and configs[kind]["hash"] != base.hash:
+        if kind in configs and s.kind != "early" and configs[kind].hash != base.hash:
             raise NasProxyError(f"all {kind} sources must record one learning curve; {s.id} differs")
         trained[kind] = same
-        configs.setdefault(kind, {**base.fields(), "hash": base.hash})
-    return {
-        "format": STORE_FORMAT,
-        "dataset": test.dataset,
-        "num_classes": test.num_classes,
-        "in_channels": test.in_channels,
-        "image_size": test.image_size,
-        "test_images": len(test),
-        "configs": configs,
-        "package_version": __version__,
-    }
-
-
-def check_protocol(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
-    """Raise one line naming the first setting where a store and a new run disagree."""
-    for key in ("dataset", "num_classes", "in_channels", "image_size", "test_images"):
-        if key in old and old[key] != new.get(key):
-            raise NasProxyError(
-                f"{where} holds results for {key} {old[key]!r}, this run has {new.get(key)!r}; use another --out"
-            )
-    for kind, cfg in new.get("configs", {}).items():
-        before = old.get("configs", {}).get(kind)
-        if before is not None and before.get("hash") != cfg["hash"]:
-            diff = [k for k in cfg if k != "hash" and before.get(k) != cfg[k]]
-            what = ", ".join(f"{k} {before.get(k)!r} -> {cfg[k]!r}" for k in diff) or "config hash"
-            raise NasProxyError(f"{where} trained {kind} runs under another protocol ({what}); use another --out")
-    for sid, desc in new.get("sources", {}).items():
-        before = old.get("sources", {}).get(sid)
-        if before is not None and before.get("config_hash") != desc.get("config_hash"):
-            raise NasProxyError(f"{where}: source {sid} was trained with another config; use another --out")
-        if before is not None and before.get("train_images") != desc.get("train_images"):
-            raise NasProxyError(
-                f"{where}: source {sid} had {before.get('train_images')} training images, now "
-                f"{desc.get('train_images')}; use another --out"
-            )
+        configs.setdefault(kind, StoredConfig.of(base))
+    return RunProtocol(
+        dataset=test.dataset,
+        num_classes=test.num_classes,
+        in_channels=test.in_channels,
+        image_size=test.image_size,
+        test_images=len(test),
+        configs=configs,
+        package_version=__version__,
+        sources={s.id: SourceRecord.from_json(s.describe()) for s in sources},
+    )
 
 
 def _validate(
@@ -325,22 +302,14 @@ def _validate(
     return ids
 
 
-def _merged_protocol(
-    store: ResultsStore, sources: Sequence[TrainingSource], test: Split, extra_sources: dict[str, Any]
-) -> dict[str, Any]:
-    new = protocol_of(sources, test)
-    new["sources"] = {s.id: s.describe() for s in sources} | extra_sources
-    old = store.read_protocol()
+def _merged_protocol(store: ResultsStore, asked: RunProtocol) -> RunProtocol:
+    old = store.load_protocol()
     if old is None and store.runs_path.exists() and store.runs_path.stat().st_size > 0:
         raise NasProxyError(f"{store.root} has {store.runs_path.name} but no protocol.json; use another --out")
     if old is None:
-        return {**new, "created": now_iso(), "invocations": []}
-    check_protocol(old, new, str(store.root))
-    merged = dict(old)
-    merged["configs"] = {**old.get("configs", {}), **new["configs"]}
-    merged["sources"] = {**old.get("sources", {}), **new["sources"]}
-    merged["package_version"] = new["package_version"]
-    return merged
+        return replace(asked, created=now_iso())
+    old.check(asked, str(store.root))
+    return old.merge(asked)
 
 
 def _jobs(ids: Sequence[str], sources: Sequence[TrainingSource], seeds: Sequence[int]) -> list[_Job]:
@@ -544,48 +513,49 @@ def _evaluate(
     # On a Dask cluster each worker resolves its own device: the client's may not even exist there.
     dev = session.device_label if session is not None else str(resolve_device(device))
     store = ResultsStore(out_dir)
-    extra: dict[str, Any] = {}
+    asked = protocol_of(sources, test)
     gt_rows: list[RunRow] = []
     if ground_truth is not None:
         if any(s.kind == "full" for s in sources):
             raise NasProxyError("give either a whole-data source (--full) or a ground-truth file, not both")
         gt_rows = ground_truth.rows_for(ids, dataset=test.dataset, test_images=len(test))
-        extra[FULL_ID] = ground_truth.source_description()
+        asked = replace(
+            asked, sources={**asked.sources, FULL_ID: ground_truth.source_description()}
+        )
     ranker_names = _check_rankers(rankers, ranker_train)
-    protocol = _merged_protocol(store, sources, test, extra)
+    protocol = _merged_protocol(store, asked)
     if ground_truth is not None:
-        old_full = protocol.get("configs", {}).get("full")
-        gt_cfg = {**ground_truth.config.fields(), "hash": ground_truth.config.hash}
-        if old_full is not None and old_full["hash"] != gt_cfg["hash"]:
+        old_full = protocol.config("full")
+        gt_cfg = StoredConfig.of(ground_truth.config)
+        if old_full is not None and old_full.hash != gt_cfg.hash:
             raise NasProxyError(
                 f"{store.root} trained whole-data runs under another config than the ground truth "
                 f"{ground_truth.path}; use another --out"
             )
-        protocol["configs"]["full"] = gt_cfg
+        protocol = replace(protocol, configs={**protocol.configs, "full": gt_cfg})
 
     # ---- from here on the store is written
-    invocation: dict[str, Any] = {
-        "started": now_iso(),
-        "space": space,
-        "candidates": len(ids),
-        "sources": [s.id for s in sources] + ([FULL_ID] if ground_truth is not None else []),
-        "seeds": list(seeds),
+    invocation = Invocation(
+        started=now_iso(),
+        space=space,
+        candidates=len(ids),
+        sources=(*[s.id for s in sources], *([FULL_ID] if ground_truth is not None else [])),
+        seeds=tuple(seeds),
         # With a scheduler's cluster the workers are its own: n_jobs sized nothing.
-        "n_jobs": n_jobs if session is None or session.local else None,
-        "backend": backend,
-        "device": dev,
-        "host": platform.node(),
-        "torch": torch.__version__,
-        "fast_options": (fast_options or FastOptions()).text,
-    }
-    if session is not None:
-        invocation["cluster"] = session.describe()
-    protocol.setdefault("invocations", []).append(invocation)
+        n_jobs=n_jobs if session is None or session.local else None,
+        backend=backend,
+        device=dev,
+        host=platform.node(),
+        torch=torch.__version__,
+        fast_options=(fast_options or FastOptions()).text,
+        cluster=session.describe() if session is not None else None,
+    )
+    protocol = protocol.with_invocation(invocation)
     if space is not None:
-        protocol["space"] = space
+        protocol = replace(protocol, space=space)
     if truth_fidelity is not None:
-        protocol["truth_fidelity"] = truth_fidelity
-    store.write_protocol(protocol)
+        protocol = replace(protocol, truth_fidelity=truth_fidelity)
+    store.save_protocol(protocol)
 
     done = store.done_keys()
     imported = [r for r in gt_rows if r.key not in done]
@@ -638,8 +608,7 @@ def _evaluate(
             close = getattr(rows, "close", None)
             if close is not None:
                 close()  # stops the pool's remaining tasks when we leave early (Ctrl-C)
-    invocation["finished"] = now_iso()
-    store.write_protocol(protocol)
+    store.save_protocol(protocol.finished(now_iso()))
     return EvaluationResult(
         store.root,
         len(jobs),

@@ -9,9 +9,10 @@ import pytest
 
 from nas_proxy.data import make_synthetic
 from nas_proxy.errors import NasProxyError
-from nas_proxy.evaluate import evaluate, full_source
+from nas_proxy.evaluate import evaluate
 from nas_proxy.groundtruth import export_ground_truth, load_ground_truth, sidecar_path
 from nas_proxy.search import read_ground_truth
+from nas_proxy.sources import full_source
 from nas_proxy.space import load_space
 from nas_proxy.train import TrainConfig
 
