@@ -93,7 +93,7 @@ def run_demo(
     """Build proxies, evaluate the candidates on them and on the ground truth, and write the report."""
     from nas_proxy.data import load_dataset
     from nas_proxy.evaluate import evaluate
-    from nas_proxy.proxies import list_builders, load_proxy, save_proxy
+    from nas_proxy.proxies import build_proxy, list_builders
     from nas_proxy.report import build_report, write_report
     from nas_proxy.sources import early_stopping_sources, full_source, proxy_source
     from nas_proxy.space import load_space
@@ -117,14 +117,10 @@ def run_demo(
     sources = []
     for method in methods:
         path = out / "proxies" / f"{cfg.dataset}-{method}-ipc{cfg.ipc}-s0.npz"
-        if path.exists():
-            proxy = load_proxy(path)  # built by an earlier run: reuse
-        else:
-            proxy = _builder(method, cfg, 0).build(train, progress=progress, checkpoint=path.with_suffix(".ckpt"))
-            save_proxy(proxy, path)
-            path.with_suffix(".ckpt").unlink(missing_ok=True)
-        paths.append(path)
-        sources.append(proxy_source(proxy, proxy_cfg, path=path))
+        # reuse: a proxy an earlier run built is loaded, not built again.
+        built = build_proxy(_builder(method, cfg, 0), train, out=path, progress=progress, reuse=True)
+        paths.append(built.path)
+        sources.append(proxy_source(built.proxy, proxy_cfg, path=built.path))
     full_cfg = TrainConfig(epochs=cfg.full_epochs, curve=cfg.full_curve)
     if cfg.early_stopping:
         sources += early_stopping_sources(sources, train, full_cfg)
