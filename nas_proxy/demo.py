@@ -14,11 +14,18 @@ the machinery and the shape of the result, not the paper's numbers. The full pro
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from nas_proxy.data import load_dataset
 from nas_proxy.errors import NasProxyError
+from nas_proxy.evaluate import evaluate
+from nas_proxy.proxies import BUILDERS, ProxyBuilder, build_proxy, get_builder, list_builders
+from nas_proxy.report import build_report, write_report
+from nas_proxy.sources import early_stopping_sources, full_source, proxy_source
+from nas_proxy.space import load_space
+from nas_proxy.train import TrainConfig
 from nas_proxy.zero_cost import parse_rankers
 
 
@@ -71,11 +78,7 @@ class DemoResult:
     markdown: str
 
 
-def _builder(name: str, cfg: DemoConfig, seed: int) -> Any:
-    from dataclasses import fields
-
-    from nas_proxy.proxies import BUILDERS, get_builder
-
+def _builder(name: str, cfg: DemoConfig, seed: int) -> ProxyBuilder:
     cls = BUILDERS[name]
     known = {f.name for f in fields(cls)}
     params = {k: v for k, v in cfg.method_params.get(name, {}).items() if k in known}
@@ -91,14 +94,6 @@ def run_demo(
     data_root: str | Path | None = None,
 ) -> DemoResult:
     """Build proxies, evaluate the candidates on them and on the ground truth, and write the report."""
-    from nas_proxy.data import load_dataset
-    from nas_proxy.evaluate import evaluate
-    from nas_proxy.proxies import build_proxy, list_builders
-    from nas_proxy.report import build_report, write_report
-    from nas_proxy.sources import early_stopping_sources, full_source, proxy_source
-    from nas_proxy.space import load_space
-    from nas_proxy.train import TrainConfig
-
     cfg = config or DemoConfig()
     out = Path(out_dir)
     jobs = n_jobs if n_jobs is not None else min(2, os.cpu_count() or 1)

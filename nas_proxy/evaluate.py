@@ -238,6 +238,7 @@ def _groups(
 
 def protocol_of(sources: Sequence[TrainingSource], test: Split) -> RunProtocol:
     """The settings that give a store's rows their meaning; a rerun must agree with them."""
+    # Here, not at the top: the package sets __version__ after importing its modules.
     from nas_proxy import __version__
 
     configs: dict[str, StoredConfig] = {}
@@ -447,12 +448,12 @@ def evaluate(
     to interrupt a run). ``batch_seeds``: train the seeds of a candidate together
     (:func:`nas_proxy.fast.train_many`: one stacked network on a GPU); None = on a GPU, and on a
     CPU for proxy runs of candidates whose stacked blocks fuse (:func:`nas_proxy.fast.stacks_fused`:
-    small avg-pooled nets with instance or group norm, 1.5-1.8x there; elsewhere on a CPU stacking
-    barely pays, 1.01-1.04x, and the worker processes of ``n_jobs`` are the fast path).
+    small avg-pooled nets with instance or group norm; elsewhere on a CPU stacking barely pays,
+    and the worker processes of ``n_jobs`` are the fast path; figures in results/benchmarks/README.md).
     ``batch_candidates``: train candidates of equal depth, width and pooling together, with all
     their seeds (:func:`nas_proxy.fast.train_candidates`: convnet720 is 48 such groups), on
     proxies and early stopping (whole-data runs stay one by one); None = on a GPU only (on a CPU
-    it measured 0.3-0.6x). The rows of a group are stored when the group finishes.
+    it loses). The rows of a group are stored when the group finishes.
     ``fast_options``: speed switches of those stacked runs (:class:`nas_proxy.fast.FastOptions`,
     e.g. channels_last or bf16 on a GPU; recorded in the store's invocation). ``truth_fidelity``:
     the whole-data epoch the report judges against by default (read off the learning curves).

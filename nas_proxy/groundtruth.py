@@ -214,6 +214,7 @@ def export_ground_truth(run_dir: str | Path, path: str | Path | None = None, *, 
     Every fidelity the runs recorded becomes a column; ``fidelity`` (epochs) keeps only that one
     beside the final accuracy.
     """
+    # Here, not at the top: the package sets __version__ after importing its modules.
     from nas_proxy import __version__
 
     store = open_store(run_dir)

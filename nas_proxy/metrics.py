@@ -47,6 +47,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from nas_proxy.errors import NasProxyError
+
 DEFAULT_TOPK: tuple[str, ...] = ("all", "50%", "10", "30", "5%", "10%")
 METHODS: tuple[str, ...] = ("spearman", "kendall")
 DIVERGED_ACCURACY = 0.0
@@ -73,8 +75,6 @@ class Interval:
 
 def topk_size(label: str, n: int) -> int:
     """How many candidates ``label`` ("all", "10", "5%") selects out of ``n`` (at most ``n``)."""
-    from nas_proxy.errors import NasProxyError
-
     text = label.strip()
     if text == "all":
         return n

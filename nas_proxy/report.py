@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from scipy.stats import rankdata
 
 from nas_proxy import fidelity as fid
 from nas_proxy.errors import NasProxyError
@@ -43,7 +45,7 @@ from nas_proxy.metrics import (
 )
 from nas_proxy.protocol import RunProtocol, SourceRecord
 from nas_proxy.store import ResultsStore, open_store
-from nas_proxy.zero_cost import baseline_scores
+from nas_proxy.zero_cost import DEFAULT_COMBINED_RANKER, baseline_scores, rank_average
 
 KIND_ORDER = {"proxy": 0, "early": 1, "full": 2, "ceiling": 3, "ranker": 4, "combined": 5}
 CEILING_ID = "ceiling:seed-to-seed"
@@ -170,8 +172,6 @@ def _combined_columns(columns: Sequence[Column], partner: str) -> list[Column]:
     The partner is a constant (``zero_cost.DEFAULT_COMBINED_RANKER``), never chosen by looking at
     the ground truth the column is judged against. Cost and storage are the sum of both parts.
     """
-    from nas_proxy.zero_cost import rank_average
-
     ranker = next((c for c in columns if c.kind == "ranker" and c.label == partner), None)
     if ranker is None:
         return []
@@ -243,8 +243,6 @@ def build_report(
             notes.append("one whole-data seed only: no seed-to-seed ceiling (train --seeds 0 1 for one)")
     arch_ids = sorted({i for c in columns for i in c.scores.index})
     if rankers:
-        from nas_proxy.zero_cost import DEFAULT_COMBINED_RANKER
-
         columns += _ranker_columns(store, protocol, list(truth.index) if truth is not None else arch_ids)
         columns += _combined_columns(columns, DEFAULT_COMBINED_RANKER)
     if truth is None:
@@ -706,16 +704,12 @@ def _safe_name(text: str) -> str:
 
 
 def _scatter(col: Column, label: str, truth: pd.Series, path: Path) -> None:
-    from matplotlib.figure import Figure
-
     common = sorted(set(col.scores.index) & set(truth.index))
     x = col.scores[common].to_numpy(dtype=float)
     y = 100 * truth[common].to_numpy(dtype=float)
     fig = Figure(figsize=(4.2, 4.0), constrained_layout=True)
     ax = fig.add_subplot()
     if col.kind == "ranker":
-        from scipy.stats import rankdata
-
         ax.scatter(rankdata(x), y, s=12, alpha=0.7)
         ax.set_xlabel(f"{label}: rank of score (1 = lowest)")
     else:
@@ -729,8 +723,6 @@ def _scatter(col: Column, label: str, truth: pd.Series, path: Path) -> None:
 
 
 def _cost_figure(report: Report, labels: Sequence[str], path: Path) -> None:
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(7, 5), constrained_layout=True)
     ax = fig.add_subplot()
     points: list[tuple[float, float, str]] = []
@@ -779,8 +771,6 @@ def _cost_figure(report: Report, labels: Sequence[str], path: Path) -> None:
 
 
 def _convergence_figure(conv: pd.DataFrame, path: Path) -> None:
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(6, 4), constrained_layout=True)
     ax = fig.add_subplot()
     x = conv["epoch"]
@@ -799,8 +789,6 @@ def _convergence_figure(conv: pd.DataFrame, path: Path) -> None:
 
 
 def _proxy_epochs_figure(curves: Sequence[tuple[str, pd.DataFrame]], path: Path) -> None:
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(6, 4), constrained_layout=True)
     ax = fig.add_subplot()
     for label, t in curves:

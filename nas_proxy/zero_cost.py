@@ -32,10 +32,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 from torch import nn
 
 from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError, UnknownNameError
+from nas_proxy.log import progress_bar
 from nas_proxy.models import ConvNet, build_model, count_flops, count_params
 from nas_proxy.space import ArchSpec
 
@@ -454,8 +456,6 @@ def score_space(
     to a results file there), so a Ctrl-C loses at most the candidate in flight. Returns the new
     scores in (spec, ranker) order. A tqdm bar shows rate and ETA when ``progress`` (log lines outside a terminal).
     """
-    from nas_proxy.log import progress_bar
-
     rankers = parse_rankers(names)
     images, labels = batch
     todo = [(s, [r for r in rankers if (r, _arch_id(s)) not in skip]) for s in specs]
@@ -521,8 +521,6 @@ def rank_average(scores_a: dict[str, float], scores_b: dict[str, float]) -> dict
     scale; a candidate that is missing or NaN in either gets NaN (it stays marked, it never
     shifts the others' ranks). Higher = better, like every ranker. Keys: the union of both.
     """
-    from scipy.stats import rankdata
-
     keys = list(dict.fromkeys([*scores_a, *scores_b]))
     both = [k for k in keys if math.isfinite(scores_a.get(k, math.nan)) and math.isfinite(scores_b.get(k, math.nan))]
     out = dict.fromkeys(keys, math.nan)

@@ -506,8 +506,8 @@ class DC(ProxyBuilder):
     ``outer_loop``/``inner_loop`` None take the reference table by ipc (:func:`default_loops`).
     ``arch`` is the matching network: any search-space id. ``real_dtype="bfloat16"`` runs the
     real images' forward and backward under bfloat16 autocast (the synthetic side stays float32):
-    1.5-1.6x faster per iteration on a CPU with AVX512-BF16 (untested on GPUs), loss within
-    6e-4 relative of float32 (benchmarks/dc_step.py measures both). ``micro_batch`` runs the real
+    faster per iteration on a CPU with AVX512-BF16 (untested on GPUs), not float32-equal
+    (``benchmarks/dc_step.py`` measures both; figures in results/benchmarks/README.md). ``micro_batch`` runs the real
     gradient that many images at a time (the same gradient up to float rounding); None picks
     micro-batches of a few MiB on a CPU and the whole batch on a GPU (:mod:`nas_proxy.microbatch`).
     """
