@@ -130,6 +130,10 @@ class SourceRecord:
         return cls(**kept, meta={k: v for k, v in data.items() if k not in known})
 
 
+# Every version wrote these, null included (null n_jobs: a scheduler's cluster sized the workers).
+_ALWAYS_WRITTEN: frozenset[str] = frozenset({"space", "n_jobs"})
+
+
 @dataclass(frozen=True)
 class Invocation:
     """One ``evaluate`` call on the run directory: what it asked for, where it ran, when it ended.
@@ -163,7 +167,7 @@ class Invocation:
             value = getattr(self, name)
             if name in ("sources", "seeds"):
                 data[name] = list(value)
-            elif value is not None:
+            elif value is not None or name in _ALWAYS_WRITTEN:
                 data[name] = dict(value) if name == "cluster" else value
         return {**data, **self.extra}
 

@@ -115,3 +115,8 @@ def test_unknown_keys_survive_and_malformed_files_name_themselves(tmp_path: Path
     (tmp_path / "protocol.json").write_text(json.dumps({"configs": [1, 2]}))
     with pytest.raises(NasProxyError, match=r"protocol\.json: malformed protocol"):
         ResultsStore(tmp_path).load_protocol()
+
+
+def test_an_invocation_says_null_where_nothing_sized_the_workers() -> None:
+    data = Invocation(started="t0", backend="dask", device="cpu").to_json()
+    assert data["n_jobs"] is None and data["space"] is None and "finished" not in data
