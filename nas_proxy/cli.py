@@ -184,21 +184,8 @@ def _proxy_progress(args: argparse.Namespace) -> bool:
     return not args.no_progress
 
 
-def default_proxy_path(dataset: str, method: str, ipc: int, seed: int) -> str:
-    """``results/proxies/{dataset}-{method}-ipc{K}-s{seed}.npz`` (a dataset path contributes its stem)."""
-    from pathlib import Path
-
-    stem = Path(dataset).stem if ("/" in dataset or dataset.endswith(".npz")) else dataset
-    return f"results/proxies/{stem}-{method}-ipc{ipc}-s{seed}.npz"
-
-
 def _cmd_build(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from nas_proxy.data import load_dataset
-    from nas_proxy.lock import check_free, exclusive
-    from nas_proxy.log import stage
-    from nas_proxy.proxies import get_builder, parse_params, save_proxy
+    from nas_proxy.proxies import build_proxy, get_builder, parse_params
 
     # Validate the method and its settings before loading any data: bad input fails fast.
     params = parse_params(args.method, args.set or [])
@@ -206,28 +193,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
         if flag in params:
             raise NasProxyError(f"set {flag} with --{flag}, not --set {flag}=...")
     builder = get_builder(args.method, ipc=args.ipc, seed=args.seed, **params)
-    out = Path(args.out or default_proxy_path(args.dataset, args.method, args.ipc, args.seed))
-    if out.suffix != ".npz":
-        out = out.with_name(out.name + ".npz")
-    ckpt = out.with_suffix(".ckpt")
-    # One build per output: two would resume from and overwrite one checkpoint.
-    lock, what, fix = out.with_name(out.name + ".lock"), f"proxy {out}", "wait for that build or choose another --out"
-    check_free(lock, what, fix)  # before minutes of loading data
-    train, _ = load_dataset(args.dataset, root=args.data_root, device=args.device)
-    where = f" ({train.origin})" if train.origin else ""
-    stage(f"dataset {train.dataset}{where}: {len(train)} training images", enabled=_proxy_progress(args))
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # e.g. a parent that is a file
-        raise NasProxyError(f"cannot create {out.parent} ({exc.strerror or exc}); choose another --out") from exc
-    with exclusive(lock, what, fix):
-        if ckpt.exists():
-            print(f"resuming from {ckpt}", file=sys.stderr)
-        proxy = builder.build(train, progress=_proxy_progress(args), checkpoint=ckpt)
-        path = save_proxy(proxy, out)
-        ckpt.unlink(missing_ok=True)  # the proxy is safely on disk; the checkpoint has served
-    m = proxy.manifest
-    print(f"path:     {path}")
+    built = build_proxy(
+        builder, args.dataset, out=args.out, data_root=args.data_root, device=args.device,
+        progress=_proxy_progress(args),
+    )
+    m = built.proxy.manifest
+    print(f"path:     {built.path}")
     print(f"method:   {m.method} ({', '.join(f'{k}={v}' for k, v in sorted(m.params.items()))})")
     print(f"seconds:  {m.build_seconds:.1f}")
     print(f"images:   {m.images} ({m.ipc} per class x {m.num_classes} classes of {m.dataset})")
@@ -236,11 +207,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_proxy(args: argparse.Namespace) -> int:
-    from nas_proxy.data import load_dataset
+    from nas_proxy.data import check_pair, load_dataset
     from nas_proxy.log import note
     from nas_proxy.proxies import load_proxy
     from nas_proxy.proxies.artifact import check_dataset, dataset_argument
-    from nas_proxy.proxies.scoring import check_compatible, evaluate_proxy, summarize
+    from nas_proxy.proxies.scoring import evaluate_proxy, summarize
     from nas_proxy.space import ArchSpec
     from nas_proxy.train import RunOutcome, TrainConfig
 
@@ -256,7 +227,7 @@ def _cmd_eval_proxy(args: argparse.Namespace) -> int:
         note(f"testing on {test.dataset}, not {proxy.manifest.dataset} that {args.path} was built from")
     if args.test_subset is not None:
         test = test.random_subset(args.test_subset, seed=0)  # fixed subset: comparable across proxies
-    check_compatible(proxy, test)
+    check_pair(proxy.as_split(), test, f"proxy {proxy.id}")
     print(f"proxy:    {args.path} ({proxy.id}, {len(proxy)} images)")
     print(f"protocol: {spec.id}, {config.epochs} epochs, {args.models} models, test on {len(test)} {test.dataset}")
 
@@ -589,101 +560,41 @@ COMMANDS.append(_add_demo)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from nas_proxy.search import SearchStart, run_search
+    from nas_proxy.studies import HEARTBEAT_ATTR
 
-    from nas_proxy.data import DATASETS, load_dataset
-    from nas_proxy.proxies import load_proxy
-    from nas_proxy.proxies.artifact import check_dataset, dataset_argument
-    from nas_proxy.search import (
-        best_table,
-        best_trials,
-        counted_trials,
-        create_study,
-        find_ground_truth,
-        get_pruner,
-        make_objective,
-        read_ground_truth,
-        refit,
-        study_counts,
-        trial_arch,
-    )
-    from nas_proxy.space import load_space
-    from nas_proxy.studies import HEARTBEAT_ATTR, budget_of, redact, resolve_storage, run_trials
-    from nas_proxy.train import TrainConfig
+    def started(s: SearchStart) -> None:
+        print(f"study:    {s.name} ({s.storage}){'' if s.study.trials else ', new'}")
+        print(f"workers:  more join with the same command and --storage {s.storage} (heartbeat every "
+              f"{s.study.user_attrs.get(HEARTBEAT_ATTR)} s; each trial samples with its own seed)")
+        print(f"search:   {s.space.name} ({len(s.space)} candidates), sampler {s.sampler}, pruner {s.pruner}, "
+              f"{s.n_trials} trials ({s.done} done before)")
+        print(f"proxy:    {args.proxy} ({s.proxy.id}, {len(s.proxy)} images), {args.epochs} epochs, "
+              f"scored on {len(s.test)} {s.test.dataset} test images")
 
-    # Cheap checks first: a typo fails before any data is loaded or any storage is opened.
-    for flag in ("n_trials", "n_jobs", "epochs"):
-        value = getattr(args, flag)
-        if value < 1 and not (flag == "n_jobs" and value == -1):
-            raise NasProxyError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if args.refit_top < 0:
-        raise NasProxyError(f"--refit-top must be at least 0, got {args.refit_top}")
-    if args.heartbeat is not None and args.heartbeat < 1:
-        raise NasProxyError(f"--heartbeat must be at least 1 (seconds), got {args.heartbeat}")
-    multi = args.sampler == "nsga2"
-    pruner = args.pruner or ("none" if multi else "median")
-    get_pruner(pruner)
-    space = load_space(args.space)
-    proxy = load_proxy(args.proxy)
-    dataset = proxy.manifest.dataset
-    named = args.dataset is not None and args.dataset.lower() in DATASETS
-    if named and args.dataset.lower() != dataset:  # own data is compared by content once loaded
-        raise NasProxyError(
-            f"proxy from another dataset: {args.proxy} was built from {dataset!r}, not {args.dataset!r}"
+    with log_lines("nas_proxy.studies"):  # waits for other workers, trials started past the budget
+        res = run_search(
+            space=args.space, proxy=args.proxy, n_trials=args.n_trials, sampler=args.sampler, pruner=args.pruner,
+            storage=args.storage, study_name=args.study_name, n_jobs=args.n_jobs, heartbeat=args.heartbeat,
+            dataset=args.dataset, epochs=args.epochs, seed=args.seed, test_subset=args.test_subset, top=args.top,
+            refit_top=args.refit_top, full_epochs=args.full_epochs, refit_subset=args.refit_subset,
+            ground_truth=args.ground_truth, data_root=args.data_root, device=args.device,
+            progress=not args.no_progress, trial_bar=_search_bar(args), on_start=started,
         )
-    config = TrainConfig(epochs=args.epochs)
-    name = args.study_name or f"{space.name}-{proxy.id}-{args.sampler}-e{args.epochs}-s{args.seed}"
-    # Absolute: a worker started in another directory must name the same study to join it.
-    storage = resolve_storage(args.storage, name)
-    attrs = {"source_id": proxy.id, "dataset": dataset, "epochs": args.epochs, "seed": args.seed,
-             "config_hash": config.hash, "test_subset": args.test_subset or 0}
-    options = {"population_size": max(4, min(50, args.n_trials // 5))} if multi else {}
-    study = create_study(space, args.sampler, pruner, storage, name, args.seed, multi,
-                         user_attrs=attrs, sampler_options=options, heartbeat=args.heartbeat)
-    train, test = load_dataset(args.dataset or dataset_argument(proxy.manifest), root=args.data_root,
-                               device=args.device)
-    check_dataset(proxy, train, args.proxy)
-    if args.test_subset is not None:
-        test = test.random_subset(args.test_subset, seed=0)  # fixed subset: comparable across studies
-    objective = make_objective(proxy, test, space=space, epochs=args.epochs, seed=args.seed, config=config,
-                               multi_objective=multi, device=args.device)
-    done = counted_trials(study)
-    where = redact(storage) if "://" in storage else storage
-    print(f"study:    {name} ({where}){'' if study.trials else ', new'}")
-    print(f"workers:  more join with the same command and --storage {where} (heartbeat every "
-          f"{study.user_attrs.get(HEARTBEAT_ATTR)} s; each trial samples with its own seed)")
-    print(f"search:   {space.name} ({len(space)} candidates), sampler {args.sampler}, pruner {pruner}, "
-          f"{args.n_trials} trials ({done} done before)")
-    print(f"proxy:    {args.proxy} ({proxy.id}, {len(proxy)} images), {args.epochs} epochs, "
-          f"scored on {len(test)} {test.dataset} test images")
-    interrupted = False
-    try:
-        with log_lines("nas_proxy.studies"):  # waits for other workers, trials started past the budget
-            run_trials(study, objective, args.n_trials, n_jobs=args.n_jobs, show_progress_bar=_search_bar(args))
-    except KeyboardInterrupt:
-        interrupted = True  # the running trial is marked FAIL by Optuna; finished ones are stored
-    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(study_counts(study).items()))
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(res.counts.items()))
     print(f"trials:   {counts or 'none'}")
-    print(f"budget:   {budget_of(study, args.n_trials).text()}")
-    top = best_trials(study, max(args.top, args.refit_top))
-    if not top:
+    print(f"budget:   {res.budget}")
+    if not res.top:
         print("best:     no complete trial yet")
-        return 130 if interrupted else 0
-    gt_path = args.ground_truth or find_ground_truth(dataset, space.name)
-    gt = read_ground_truth(gt_path) if gt_path is not None else None
-    refits = []
-    if args.refit_top and not interrupted:
-        full = train if args.refit_subset is None else train.random_subset(args.refit_subset, seed=args.seed)
-        full_config = TrainConfig(epochs=args.full_epochs or args.epochs)
-        print(f"refit:    top {args.refit_top} on {len(full)} training images, {full_config.epochs} epochs")
-        specs = [trial_arch(t) for t in top[: args.refit_top]]
-        refits = refit(specs, full, test, full_config, args.seed, progress=not args.no_progress)
-    if gt is not None:
-        print(f"truth:    {Path(gt.path)} ({len(gt)} candidates; rank 1 = best)")
-    print(best_table(top, ground_truth=gt, refits=refits))
-    if interrupted:
-        print(f"interrupted: finished trials are stored in {where}; rerun the same command to finish the study",
-              file=sys.stderr)
+        return 130 if res.interrupted else 0
+    if res.refits:
+        print(f"refit:    top {args.refit_top} on {res.refit_images} training images, {res.refit_epochs} epochs")
+    if res.ground_truth is not None:
+        print(f"truth:    {res.ground_truth.path} ({len(res.ground_truth)} candidates; rank 1 = best)")
+    print(res.table())
+    if res.interrupted:
+        print(f"interrupted: finished trials are stored in {res.start.storage}; rerun the same command to finish "
+              "the study", file=sys.stderr)
         return 130
     return 0
 

@@ -89,6 +89,21 @@ class Split:
         return self.subset(torch.randperm(len(self), generator=g)[:n].to(self.labels.device))
 
 
+def check_pair(train: Split, test: Split, what: str = "the training data") -> None:
+    """Raise unless nets trained on ``train`` can be scored on ``test``: same image shape, same classes.
+
+    ``what`` names the training side in the message (``"proxy dc-ipc10-..."``). The one check of
+    its kind: the evaluator, the Optuna objective and ``eval-proxy`` all ask it.
+    """
+    shape, want = tuple(train.images.shape[1:]), tuple(test.images.shape[1:])
+    if shape != want:
+        raise NasProxyError(f"{what} has images of shape {shape} but the test set {test.dataset} has {want}")
+    if train.num_classes != test.num_classes:
+        raise NasProxyError(
+            f"{what} has {train.num_classes} classes but the test set {test.dataset} has {test.num_classes}"
+        )
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """The reference preprocessing of a named dataset."""

@@ -14,11 +14,19 @@ the machinery and the shape of the result, not the paper's numbers. The full pro
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from nas_proxy.data import load_dataset
 from nas_proxy.errors import NasProxyError
+from nas_proxy.evaluate import evaluate
+from nas_proxy.proxies import BUILDERS, ProxyBuilder, build_proxy, get_builder, list_builders
+from nas_proxy.report import build_report, write_report
+from nas_proxy.sources import early_stopping_sources, full_source, proxy_source
+from nas_proxy.space import load_space
+from nas_proxy.train import TrainConfig
+from nas_proxy.zero_cost import parse_rankers
 
 
 @dataclass(frozen=True)
@@ -70,11 +78,7 @@ class DemoResult:
     markdown: str
 
 
-def _builder(name: str, cfg: DemoConfig, seed: int) -> Any:
-    from dataclasses import fields
-
-    from nas_proxy.proxies import BUILDERS, get_builder
-
+def _builder(name: str, cfg: DemoConfig, seed: int) -> ProxyBuilder:
     cls = BUILDERS[name]
     known = {f.name for f in fields(cls)}
     params = {k: v for k, v in cfg.method_params.get(name, {}).items() if k in known}
@@ -90,20 +94,6 @@ def run_demo(
     data_root: str | Path | None = None,
 ) -> DemoResult:
     """Build proxies, evaluate the candidates on them and on the ground truth, and write the report."""
-    from nas_proxy.data import load_dataset
-    from nas_proxy.evaluate import (
-        available_rankers,
-        early_stopping_sources,
-        evaluate,
-        full_source,
-        parse_rankers,
-        proxy_source,
-    )
-    from nas_proxy.proxies import list_builders, load_proxy, save_proxy
-    from nas_proxy.report import build_report, write_report
-    from nas_proxy.space import load_space
-    from nas_proxy.train import TrainConfig
-
     cfg = config or DemoConfig()
     out = Path(out_dir)
     jobs = n_jobs if n_jobs is not None else min(2, os.cpu_count() or 1)
@@ -122,19 +112,15 @@ def run_demo(
     sources = []
     for method in methods:
         path = out / "proxies" / f"{cfg.dataset}-{method}-ipc{cfg.ipc}-s0.npz"
-        if path.exists():
-            proxy = load_proxy(path)  # built by an earlier run: reuse
-        else:
-            proxy = _builder(method, cfg, 0).build(train, progress=progress, checkpoint=path.with_suffix(".ckpt"))
-            save_proxy(proxy, path)
-            path.with_suffix(".ckpt").unlink(missing_ok=True)
-        paths.append(path)
-        sources.append(proxy_source(proxy, proxy_cfg, path=path))
+        # reuse: a proxy an earlier run built is loaded, not built again.
+        built = build_proxy(_builder(method, cfg, 0), train, out=path, progress=progress, reuse=True)
+        paths.append(built.path)
+        sources.append(proxy_source(built.proxy, proxy_cfg, path=built.path))
     full_cfg = TrainConfig(epochs=cfg.full_epochs, curve=cfg.full_curve)
     if cfg.early_stopping:
         sources += early_stopping_sources(sources, train, full_cfg)
     sources.append(full_source(train, full_cfg))
-    rankers = parse_rankers(cfg.rankers) if cfg.rankers and available_rankers() else []
+    rankers = parse_rankers(cfg.rankers) if cfg.rankers else []
     evaluate(
         specs,
         sources,

@@ -39,3 +39,15 @@ def one_line(text: str, limit: int = 500) -> str:
     """
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def check_positive_int(value: object, what: str) -> None:
+    """Raise unless ``value`` is an int of at least 1 (a bool is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise NasProxyError(f"{what} must be a positive integer, got {value!r}")
+
+
+def check_positive(value: object, what: str) -> None:
+    """Raise unless ``value`` is a number above 0 (a bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise NasProxyError(f"{what} must be positive, got {value!r}")

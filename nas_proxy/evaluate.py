@@ -25,129 +25,34 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 import torch
 from joblib import Parallel, delayed
 
+from nas_proxy import zero_cost
 from nas_proxy.cluster import DEFAULT_TIMEOUT, ClusterError, DaskSession, connect
-from nas_proxy.data import Split
+from nas_proxy.data import Split, check_pair
 from nas_proxy.device import on_cpu, resolve_device
 from nas_proxy.errors import NasProxyError
 from nas_proxy.log import progress_bar
 from nas_proxy.microbatch import keep_freed_memory
 from nas_proxy.plan import DataShape, ExecutionPlan, ExecutionSettings, Run, Trainer, plan_runs, train_task
-from nas_proxy.proxies.artifact import ProxySet
+from nas_proxy.protocol import Invocation, RunProtocol, SourceRecord, StoredConfig
+from nas_proxy.sources import (
+    FULL_ID,
+    TrainingSource,
+    early_stopping_sources,
+    full_source,
+    proxy_source,
+)
 from nas_proxy.space import ArchSpec
 from nas_proxy.stacked import FastOptions
-from nas_proxy.store import STORE_FORMAT, ResultsStore, RunRow, ScoreRow, now_iso
+from nas_proxy.store import ResultsStore, RunRow, ScoreRow, now_iso
 from nas_proxy.train import RunOutcome, TrainConfig, parse_curve, train_and_evaluate
-
-SOURCE_KINDS: tuple[str, ...] = ("proxy", "early", "full")
-FULL_ID = "full"
-
-
-# ----------------------------------------------------------------------------- training sources
-
-
-@dataclass(frozen=True, eq=False)
-class TrainingSource:
-    """A named training set and how to train on it. ``id`` is the ``source_id`` of its rows."""
-
-    id: str
-    kind: str  # "proxy" | "early" | "full"
-    split: Split
-    config: TrainConfig
-    label: str = ""
-    images: int = 0  # storage: images kept (the proxy's, or the whole set's)
-    bytes: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.kind not in SOURCE_KINDS:
-            raise NasProxyError(f"source kind must be one of {', '.join(SOURCE_KINDS)}, got {self.kind!r}")
-        if not self.id or any(c in self.id for c in "\n\r,\"'"):
-            raise NasProxyError(f"bad training-source id {self.id!r}")
-
-    def describe(self) -> dict[str, Any]:
-        """What the protocol file records about this source."""
-        return {
-            "kind": self.kind,
-            "label": self.label or self.id,
-            "dataset": self.split.dataset,
-            "train_images": len(self.split),
-            "images": self.images or len(self.split),
-            "bytes": self.bytes or _split_bytes(self.split),
-            "config": self.config.fields(),
-            "config_hash": self.config.hash,
-            **self.meta,
-        }
-
-
-def _split_bytes(split: Split) -> int:
-    return split.images.numel() * split.images.element_size() + split.labels.numel() * split.labels.element_size()
-
-
-def proxy_source(proxy: ProxySet, config: TrainConfig, *, path: str | Path | None = None) -> TrainingSource:
-    """A proxy set as a training source (id ``<method>-ipc<k>-s<seed>-<hash>``, storage from its manifest)."""
-    m = proxy.manifest
-    meta: dict[str, Any] = {
-        "method": m.method,
-        "ipc": m.ipc,
-        "proxy_seed": m.seed,
-        "params": m.params,
-        "build_seconds": m.build_seconds,
-        "content_hash": m.content_hash,
-    }
-    if path is not None:
-        meta["path"] = str(path)
-    return TrainingSource(
-        id=proxy.id,
-        kind="proxy",
-        split=proxy.as_split(),
-        config=config,
-        label=f"{m.method} ipc{m.ipc}",
-        images=m.images,
-        bytes=m.bytes,
-        meta=meta,
-    )
-
-
-def full_source(train: Split, config: TrainConfig) -> TrainingSource:
-    """The whole training set: the ground truth every ranker is judged against."""
-    return TrainingSource(
-        FULL_ID, "full", train, config, label="whole data", images=len(train), bytes=_split_bytes(train)
-    )
-
-
-def early_stopping_sources(
-    proxies: Sequence[TrainingSource], train: Split, config: TrainConfig
-) -> list[TrainingSource]:
-    """Whole data, stopped after as many SGD steps as a proxy run takes (one source per distinct count).
-
-    Proxies of the same size take the same number of steps, so they share one early-stopping
-    source (``early-<steps>steps``) instead of training identical runs again.
-    """
-    by_steps: dict[int, list[str]] = {}
-    for p in proxies:
-        if p.kind == "proxy":
-            by_steps.setdefault(p.config.total_steps(len(p.split)), []).append(p.id)
-    return [
-        TrainingSource(
-            f"early-{steps}steps",
-            "early",
-            train,
-            replace(config.without_curve(), max_steps=steps),
-            label=f"early stopping ({steps} steps)",
-            images=len(train),
-            bytes=_split_bytes(train),
-            meta={"steps": steps, "matches": ids},
-        )
-        for steps, ids in sorted(by_steps.items())
-    ]
-
+from nas_proxy.zero_cost import parse_rankers
 
 # ----------------------------------------------------------------------------- worker side
 
@@ -287,11 +192,12 @@ def _run_group(
     return [_row(job, out, started) for job, out in zip(group, outs, strict=True)]
 
 
-def protocol_of(sources: Sequence[TrainingSource], test: Split) -> dict[str, Any]:
+def protocol_of(sources: Sequence[TrainingSource], test: Split) -> RunProtocol:
     """The settings that give a store's rows their meaning; a rerun must agree with them."""
+    # Here, not at the top: the package sets __version__ after importing its modules.
     from nas_proxy import __version__
 
-    configs: dict[str, Any] = {}
+    configs: dict[str, StoredConfig] = {}
     trained: dict[str, str] = {}  # kind -> hash of its training without the curve
     # Early stopping is the whole-data training cut short (and records no curve of its own).
     for s in sorted(sources, key=lambda s: s.kind == "early"):
@@ -300,44 +206,20 @@ def protocol_of(sources: Sequence[TrainingSource], test: Split) -> dict[str, Any
         same = base.without_curve().hash
         if kind in trained and trained[kind] != same:
             raise NasProxyError(f"all {kind} sources must share one training config; {s.id} differs")
-        if kind in configs and s.kind != "early" and configs[kind]["hash"] != base.hash:
+        if kind in configs and s.kind != "early" and configs[kind].hash != base.hash:
             raise NasProxyError(f"all {kind} sources must record one learning curve; {s.id} differs")
         trained[kind] = same
-        configs.setdefault(kind, {**base.fields(), "hash": base.hash})
-    return {
-        "format": STORE_FORMAT,
-        "dataset": test.dataset,
-        "num_classes": test.num_classes,
-        "in_channels": test.in_channels,
-        "image_size": test.image_size,
-        "test_images": len(test),
-        "configs": configs,
-        "package_version": __version__,
-    }
-
-
-def check_protocol(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
-    """Raise one line naming the first setting where a store and a new run disagree."""
-    for key in ("dataset", "num_classes", "in_channels", "image_size", "test_images"):
-        if key in old and old[key] != new.get(key):
-            raise NasProxyError(
-                f"{where} holds results for {key} {old[key]!r}, this run has {new.get(key)!r}; use another --out"
-            )
-    for kind, cfg in new.get("configs", {}).items():
-        before = old.get("configs", {}).get(kind)
-        if before is not None and before.get("hash") != cfg["hash"]:
-            diff = [k for k in cfg if k != "hash" and before.get(k) != cfg[k]]
-            what = ", ".join(f"{k} {before.get(k)!r} -> {cfg[k]!r}" for k in diff) or "config hash"
-            raise NasProxyError(f"{where} trained {kind} runs under another protocol ({what}); use another --out")
-    for sid, desc in new.get("sources", {}).items():
-        before = old.get("sources", {}).get(sid)
-        if before is not None and before.get("config_hash") != desc.get("config_hash"):
-            raise NasProxyError(f"{where}: source {sid} was trained with another config; use another --out")
-        if before is not None and before.get("train_images") != desc.get("train_images"):
-            raise NasProxyError(
-                f"{where}: source {sid} had {before.get('train_images')} training images, now "
-                f"{desc.get('train_images')}; use another --out"
-            )
+        configs.setdefault(kind, StoredConfig.of(base))
+    return RunProtocol(
+        dataset=test.dataset,
+        num_classes=test.num_classes,
+        in_channels=test.in_channels,
+        image_size=test.image_size,
+        test_images=len(test),
+        configs=configs,
+        package_version=__version__,
+        sources={s.id: SourceRecord.from_json(s.describe()) for s in sources},
+    )
 
 
 def _validate(
@@ -367,34 +249,18 @@ def _validate(
             raise NasProxyError(
                 f"training source {s.id} was made from dataset {sp.dataset!r}, but the test set is {test.dataset!r}"
             )
-        shape, want = (
-            (sp.in_channels, sp.image_size, sp.num_classes),
-            (test.in_channels, test.image_size, test.num_classes),
-        )
-        if shape != want:
-            raise NasProxyError(
-                f"training source {s.id} has images {shape[0]}x{shape[1]}px with {shape[2]} classes; "
-                f"the test set has {want[0]}x{want[1]}px with {want[2]}"
-            )
+        check_pair(sp, test, f"training source {s.id}")
     return ids
 
 
-def _merged_protocol(
-    store: ResultsStore, sources: Sequence[TrainingSource], test: Split, extra_sources: dict[str, Any]
-) -> dict[str, Any]:
-    new = protocol_of(sources, test)
-    new["sources"] = {s.id: s.describe() for s in sources} | extra_sources
-    old = store.read_protocol()
+def _merged_protocol(store: ResultsStore, asked: RunProtocol) -> RunProtocol:
+    old = store.load_protocol()
     if old is None and store.runs_path.exists() and store.runs_path.stat().st_size > 0:
         raise NasProxyError(f"{store.root} has {store.runs_path.name} but no protocol.json; use another --out")
     if old is None:
-        return {**new, "created": now_iso(), "invocations": []}
-    check_protocol(old, new, str(store.root))
-    merged = dict(old)
-    merged["configs"] = {**old.get("configs", {}), **new["configs"]}
-    merged["sources"] = {**old.get("sources", {}), **new["sources"]}
-    merged["package_version"] = new["package_version"]
-    return merged
+        return replace(asked, created=now_iso())
+    old.check(asked, str(store.root))
+    return old.merge(asked)
 
 
 def _runs(jobs: Sequence[_Job], sources: Sequence[TrainingSource]) -> list[Run]:
@@ -602,48 +468,49 @@ def _evaluate(
     # On a Dask cluster each worker resolves its own device: the client's may not even exist there.
     dev = session.device_label if session is not None else str(resolve_device(settings.device))
     store = ResultsStore(out_dir)
-    extra: dict[str, Any] = {}
+    asked = protocol_of(sources, test)
     gt_rows: list[RunRow] = []
     if ground_truth is not None:
         if any(s.kind == "full" for s in sources):
             raise NasProxyError("give either a whole-data source (--full) or a ground-truth file, not both")
         gt_rows = ground_truth.rows_for(ids, dataset=test.dataset, test_images=len(test))
-        extra[FULL_ID] = ground_truth.source_description()
+        asked = replace(
+            asked, sources={**asked.sources, FULL_ID: ground_truth.source_description()}
+        )
     ranker_names = _check_rankers(rankers, ranker_train)
-    protocol = _merged_protocol(store, sources, test, extra)
+    protocol = _merged_protocol(store, asked)
     if ground_truth is not None:
-        old_full = protocol.get("configs", {}).get("full")
-        gt_cfg = {**ground_truth.config.fields(), "hash": ground_truth.config.hash}
-        if old_full is not None and old_full["hash"] != gt_cfg["hash"]:
+        old_full = protocol.config("full")
+        gt_cfg = StoredConfig.of(ground_truth.config)
+        if old_full is not None and old_full.hash != gt_cfg.hash:
             raise NasProxyError(
                 f"{store.root} trained whole-data runs under another config than the ground truth "
                 f"{ground_truth.path}; use another --out"
             )
-        protocol["configs"]["full"] = gt_cfg
+        protocol = replace(protocol, configs={**protocol.configs, "full": gt_cfg})
 
     # ---- from here on the store is written
-    invocation: dict[str, Any] = {
-        "started": now_iso(),
-        "space": space,
-        "candidates": len(ids),
-        "sources": [s.id for s in sources] + ([FULL_ID] if ground_truth is not None else []),
-        "seeds": list(seeds),
+    invocation = Invocation(
+        started=now_iso(),
+        space=space,
+        candidates=len(ids),
+        sources=(*[s.id for s in sources], *([FULL_ID] if ground_truth is not None else [])),
+        seeds=tuple(seeds),
         # With a scheduler's cluster the workers are its own: n_jobs sized nothing.
-        "n_jobs": settings.n_jobs if session is None or session.local else None,
-        "backend": settings.backend,
-        "device": dev,
-        "host": platform.node(),
-        "torch": torch.__version__,
-        "fast_options": settings.fast.text,
-    }
-    if session is not None:
-        invocation["cluster"] = session.describe()
-    protocol.setdefault("invocations", []).append(invocation)
+        n_jobs=settings.n_jobs if session is None or session.local else None,
+        backend=settings.backend,
+        device=dev,
+        host=platform.node(),
+        torch=torch.__version__,
+        fast_options=settings.fast.text,
+        cluster=session.describe() if session is not None else None,
+    )
+    protocol = protocol.with_invocation(invocation)
     if space is not None:
-        protocol["space"] = space
+        protocol = replace(protocol, space=space)
     if truth_fidelity is not None:
-        protocol["truth_fidelity"] = truth_fidelity
-    store.write_protocol(protocol)
+        protocol = replace(protocol, truth_fidelity=truth_fidelity)
+    store.save_protocol(protocol)
 
     done = store.done_keys()
     imported = [r for r in gt_rows if r.key not in done]
@@ -679,8 +546,7 @@ def _evaluate(
             close = getattr(rows, "close", None)
             if close is not None:
                 close()  # stops the pool's remaining tasks when we leave early (Ctrl-C)
-    invocation["finished"] = now_iso()
-    store.write_protocol(protocol)
+    store.save_protocol(protocol.finished(now_iso()))
     return EvaluationResult(
         store.root,
         len(jobs),
@@ -695,30 +561,6 @@ def _evaluate(
 
 
 # ----------------------------------------------------------------------------- training-free rankers
-
-
-def available_rankers() -> list[str]:
-    """Training-free rankers: those of :mod:`nas_proxy.zero_cost` when installed, else params and flops."""
-    try:
-        from nas_proxy import zero_cost
-    except ImportError:
-        return ["params", "flops"]
-    return list(zero_cost.list_rankers())
-
-
-def parse_rankers(text: str | Sequence[str]) -> list[str]:
-    """``"all"`` or ``"synflow,naswot"`` -> validated ranker names (unknown names list the valid ones)."""
-    from nas_proxy.errors import UnknownNameError
-
-    parts = text.split(",") if isinstance(text, str) else list(text)
-    names = [p.strip() for p in parts if p.strip()]
-    valid = available_rankers()
-    if names == ["all"]:
-        return valid
-    for name in names:
-        if name not in valid:
-            raise UnknownNameError("ranker", name, valid)
-    return list(dict.fromkeys(names))
 
 
 def _check_rankers(rankers: Sequence[str], train: Split | None) -> list[str]:
@@ -743,10 +585,6 @@ def _score_rankers(
     progress: bool,
 ) -> int:
     """Score every candidate with every ranker (one seeded model and batch per seed); stored as they come."""
-    try:
-        from nas_proxy import zero_cost
-    except ImportError:
-        return 0  # params and flops alone are computed by the report from the ids
     assert train is not None
     done = {(r.ranker, r.arch_id, r.seed) for r in store.score_rows()}
     count = 0

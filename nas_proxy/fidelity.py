@@ -21,11 +21,13 @@ Definitions of the statistics are in :mod:`nas_proxy.metrics`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
 from nas_proxy.metrics import Comparison, compare, curve_steps, seed_pairs, seed_table
+from nas_proxy.protocol import SourceRecord
 
 # The issue's bar for "converged" (between E/2 and E): over all candidates, and over the top half.
 CONVERGED_ALL = 0.95
@@ -33,13 +35,13 @@ CONVERGED_TOP_HALF = 0.90
 TOP_HALF = "50%"
 
 
-def steps_per_epoch(source: dict[str, Any]) -> int | None:
-    """SGD steps in one epoch of a source described in a protocol (None if it does not say)."""
-    config = source.get("config") or {}
-    n, batch = source.get("train_images"), config.get("batch_size")
-    if not n or not batch:
-        return None
-    return math.ceil(int(n) / int(batch))
+def steps_per_epoch(source: Mapping[str, Any]) -> int | None:
+    """SGD steps in one epoch of a source as a protocol's JSON records it (None if it does not say).
+
+    For JSON from elsewhere; a loaded protocol's :attr:`nas_proxy.protocol.SourceRecord.steps_per_epoch`
+    is the same number.
+    """
+    return SourceRecord.from_json(source).steps_per_epoch
 
 
 def _epoch(step: int, per_epoch: int | None) -> float:

@@ -29,8 +29,8 @@ from typing import Any
 import pandas as pd
 
 from nas_proxy.errors import NasProxyError
-from nas_proxy.fidelity import steps_per_epoch
 from nas_proxy.metrics import curve_steps
+from nas_proxy.protocol import RunProtocol, SourceRecord
 from nas_proxy.store import STATUSES, RunRow, open_store, write_json_atomic
 from nas_proxy.train import TrainConfig, curve_point
 
@@ -66,6 +66,11 @@ class GroundTruth:
     table: pd.DataFrame
     protocol: dict[str, Any]
     path: Path | None = None
+
+    @property
+    def bare(self) -> bool:
+        """A table without a protocol (``load_ground_truth(..., bare=True)``): ranks, but no config."""
+        return not self.protocol
 
     @property
     def config(self) -> TrainConfig:
@@ -148,20 +153,31 @@ class GroundTruth:
         where = str(self.path) if self.path else "ground truth"
         raise NasProxyError(f"{where} has no fidelity of {epoch} epochs; valid: {', '.join(map(str, valid))}")
 
-    def source_description(self) -> dict[str, Any]:
-        """The ``full`` entry of a run's protocol when its rows come from this file."""
+    def source_description(self) -> SourceRecord:
+        """The ``full`` source of a run's protocol when its rows come from this file."""
         p = self.protocol
-        return {
-            "kind": "full",
-            "label": "whole data",
-            "dataset": self.dataset,
-            "train_images": p.get("train_images"),
-            "images": p.get("train_images"),
-            "bytes": p.get("train_bytes", 0),
-            "config": self.config.fields(),
-            "config_hash": self.config.hash,
-            "ground_truth": {"path": str(self.path) if self.path else None, "csv_sha256": p.get("csv_sha256")},
-        }
+        return SourceRecord(
+            kind="full",
+            label="whole data",
+            dataset=self.dataset,
+            train_images=p.get("train_images"),
+            images=p.get("train_images"),
+            bytes=p.get("train_bytes", 0),
+            config=self.config.fields(),
+            config_hash=self.config.hash,
+            meta={"ground_truth": {"path": str(self.path) if self.path else None, "csv_sha256": p.get("csv_sha256")}},
+        )
+
+
+def _read_csv(path: Path, columns: tuple[str, ...], hint: str = "") -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, dtype={"arch_id": str, "reason": str, "status": str})
+    except (OSError, ValueError) as exc:
+        raise NasProxyError(f"{path}: unreadable CSV ({exc})") from exc
+    lacking = [c for c in columns if c not in table.columns]
+    if lacking:
+        raise NasProxyError(f"{path}: missing columns {', '.join(lacking)}{hint}")
+    return table
 
 
 def _number(value: Any) -> float:
@@ -176,11 +192,12 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def default_name(protocol: dict[str, Any]) -> str:
+def default_name(protocol: RunProtocol) -> str:
     """``<dataset>-<space>-e<epochs>``, e.g. ``fashionmnist-convnet720-narrow-e100``."""
-    dataset = Path(str(protocol.get("dataset", "data"))).stem
-    space = protocol.get("space") or "custom"
-    epochs = protocol.get("configs", {}).get("full", {}).get("epochs", "x")
+    dataset = Path(protocol.dataset or "data").stem
+    space = protocol.space or "custom"
+    full = protocol.config("full")
+    epochs = full.epochs if full is not None and full.epochs is not None else "x"
     return f"{dataset}-{space}-e{epochs}"
 
 
@@ -197,20 +214,21 @@ def export_ground_truth(run_dir: str | Path, path: str | Path | None = None, *, 
     Every fidelity the runs recorded becomes a column; ``fidelity`` (epochs) keeps only that one
     beside the final accuracy.
     """
+    # Here, not at the top: the package sets __version__ after importing its modules.
     from nas_proxy import __version__
 
     store = open_store(run_dir)
-    protocol = store.read_protocol() or {}
-    full = protocol.get("configs", {}).get("full")
-    source = protocol.get("sources", {}).get("full")
+    protocol = store.load_protocol() or RunProtocol()
+    full = protocol.config("full")
+    source = protocol.source("full")
     if full is None or source is None:
         raise NasProxyError(f"{store.root} has no whole-data runs to export (evaluate with --full first)")
     frame = store.frame()
-    frame = frame[(frame["source_id"] == "full") & (frame["config_hash"] == full["hash"])]
+    frame = frame[(frame["source_id"] == "full") & (frame["config_hash"] == full.hash)]
     if frame.empty:
         raise NasProxyError(f"{store.root} has no whole-data runs to export (evaluate with --full first)")
     frame = frame.sort_values(["arch_id", "seed"], kind="stable")
-    per_epoch = steps_per_epoch(source)
+    per_epoch = source.steps_per_epoch
     steps = curve_steps(frame)
     final_step = int(frame["steps"].max()) if len(frame) else 0
     fids: list[dict[str, Any]] = [
@@ -220,11 +238,11 @@ def export_ground_truth(run_dir: str | Path, path: str | Path | None = None, *, 
     ]
     if fidelity is not None:
         wanted = [f for f in fids if f["epoch"] == fidelity]
-        if not wanted and fidelity != full.get("epochs"):
+        if not wanted and fidelity != full.epochs:
             valid = sorted({int(f["epoch"]) for f in fids if f["epoch"] and float(f["epoch"]).is_integer()})
             raise NasProxyError(
                 f"{store.root}: no whole-data fidelity of {fidelity} epochs; valid: "
-                f"{', '.join(map(str, [*valid, full.get('epochs')]))}"
+                f"{', '.join(map(str, [*valid, full.epochs]))}"
             )
         fids = wanted
     columns = list(GT_COLUMNS)
@@ -239,29 +257,29 @@ def export_ground_truth(run_dir: str | Path, path: str | Path | None = None, *, 
     tmp = out.with_name(out.name + ".tmp")
     frame.loc[:, columns].to_csv(tmp, index=False)
     tmp.replace(out)
-    config = {k: v for k, v in full.items() if k != "hash"}
+    config = dict(full.values)
     meta = {
         "format": GT_FORMAT,
-        "dataset": protocol.get("dataset"),
-        "space": protocol.get("space"),
+        "dataset": protocol.dataset,
+        "space": protocol.space,
         "epochs": config.get("epochs"),
         "config": config,
-        "config_hash": full["hash"],
+        "config_hash": full.hash,
         "seeds": sorted({int(s) for s in frame["seed"]}),
         "candidates": int(frame["arch_id"].nunique()),
         "rows": len(frame),
         "statuses": {s: int((frame["status"] == s).sum()) for s in STATUSES},
-        "train_images": source.get("train_images"),
-        "train_bytes": source.get("bytes"),
-        "test_images": protocol.get("test_images"),
+        "train_images": source.train_images,
+        "train_bytes": source.bytes,
+        "test_images": protocol.test_images,
         "steps_per_epoch": per_epoch,
         "fidelities": fids,
-        "in_channels": protocol.get("in_channels"),
-        "image_size": protocol.get("image_size"),
-        "num_classes": protocol.get("num_classes"),
+        "in_channels": protocol.in_channels,
+        "image_size": protocol.image_size,
+        "num_classes": protocol.num_classes,
         "package_version": __version__,
         "machine": {"host": platform.node(), "platform": platform.platform(), "processor": platform.processor()},
-        "devices": sorted({str(i.get("device")) for i in protocol.get("invocations", []) if i.get("device")}),
+        "devices": protocol.devices,
         "from_run": str(store.root),
         "csv": out.name,
         "csv_sha256": _sha256(out),
@@ -277,14 +295,27 @@ def _curve_accuracy(curve: Any, step: int) -> float:
     return math.nan
 
 
-def load_ground_truth(path: str | Path) -> GroundTruth:
-    """Read and check a ground-truth CSV and its JSON sidecar; every error names the file."""
+BARE_COLUMNS: tuple[str, ...] = ("arch_id", "accuracy")
+
+
+def load_ground_truth(path: str | Path, *, bare: bool = False) -> GroundTruth:
+    """Read and check a ground-truth CSV and its JSON sidecar; every error names the file.
+
+    The one reader of ground-truth files (the evaluator's ``--ground-truth``, the search's ranks).
+    A file with a sidecar is always checked in full: the sidecar's fields, the CSV against its
+    SHA-256, the columns, the statuses, the config against its hash. ``bare=True`` also takes a
+    CSV without a sidecar, a table from elsewhere (a published benchmark): it needs only
+    ``arch_id`` and ``accuracy`` (``status`` optional), and its protocol is empty
+    (:attr:`GroundTruth.bare`), so it can rank candidates but not stand in for whole-data runs.
+    """
     path = Path(path)
     if path.suffix == ".json":
         path = path.with_suffix(".csv")
     if not path.is_file():
         raise NasProxyError(f"ground-truth file {str(path)!r} does not exist")
     side = sidecar_path(path)
+    if bare and not side.is_file():
+        return GroundTruth(_read_csv(path, BARE_COLUMNS, f" (needs {', '.join(BARE_COLUMNS)})"), {}, path)
     if not side.is_file():
         raise NasProxyError(f"{path}: its protocol file {side.name} is missing (export writes both)")
     try:
@@ -298,13 +329,7 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
         raise NasProxyError(f"{side}: protocol lacks {', '.join(missing)}")
     if _sha256(path) != protocol["csv_sha256"]:
         raise NasProxyError(f"{path}: content does not match the SHA-256 in {side.name} (edited or truncated)")
-    try:
-        table = pd.read_csv(path, dtype={"arch_id": str, "reason": str, "status": str})
-    except (OSError, ValueError) as exc:
-        raise NasProxyError(f"{path}: unreadable CSV ({exc})") from exc
-    lacking = [c for c in GT_COLUMNS if c not in table.columns]
-    if lacking:
-        raise NasProxyError(f"{path}: missing columns {', '.join(lacking)}")
+    table = _read_csv(path, GT_COLUMNS)
     bad = sorted(set(table["status"]) - set(STATUSES))
     if bad:
         raise NasProxyError(f"{path}: unknown status {bad[0]!r}; valid: {', '.join(STATUSES)}")

@@ -47,6 +47,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from nas_proxy.errors import NasProxyError
+
 DEFAULT_TOPK: tuple[str, ...] = ("all", "50%", "10", "30", "5%", "10%")
 METHODS: tuple[str, ...] = ("spearman", "kendall")
 DIVERGED_ACCURACY = 0.0
@@ -73,8 +75,6 @@ class Interval:
 
 def topk_size(label: str, n: int) -> int:
     """How many candidates ``label`` ("all", "10", "5%") selects out of ``n`` (at most ``n``)."""
-    from nas_proxy.errors import NasProxyError
-
     text = label.strip()
     if text == "all":
         return n
@@ -456,20 +456,3 @@ def run_cost(rows: pd.DataFrame, images: int, nbytes: int) -> Cost:
     seconds = float(rows["seconds"].sum()) if len(rows) else 0.0
     wall = interval_union_seconds(rows["started_at"], rows["finished_at"]) if len(rows) else 0.0
     return Cost(seconds, wall, images, nbytes)
-
-
-def baseline_scores(
-    arch_ids: Sequence[str], in_channels: int, image_size: int, num_classes: int
-) -> dict[str, pd.Series]:
-    """Rankers that need neither data nor training: parameter count and FLOPs (more = better)."""
-    import torch
-
-    from nas_proxy.models import build_model, count_flops, count_params
-
-    params, flops = {}, {}
-    for arch in arch_ids:
-        # Counted on the meta device: exact shapes of every layer, no memory, no initialisation.
-        with torch.device("meta"):
-            params[arch] = float(count_params(build_model(arch, in_channels, image_size, num_classes)))
-        flops[arch] = float(count_flops(arch, in_channels, image_size, num_classes))
-    return {"params": pd.Series(params, name="params"), "flops": pd.Series(flops, name="flops")}

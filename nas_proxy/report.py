@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from scipy.stats import rankdata
 
 from nas_proxy import fidelity as fid
 from nas_proxy.errors import NasProxyError
@@ -33,7 +35,6 @@ from nas_proxy.metrics import (
     Comparison,
     Cost,
     Interval,
-    baseline_scores,
     candidate_scores,
     compare,
     curve_steps,
@@ -42,7 +43,9 @@ from nas_proxy.metrics import (
     seed_table,
     seed_to_seed,
 )
+from nas_proxy.protocol import RunProtocol, SourceRecord
 from nas_proxy.store import ResultsStore, open_store
+from nas_proxy.zero_cost import DEFAULT_COMBINED_RANKER, baseline_scores, rank_average
 
 KIND_ORDER = {"proxy": 0, "early": 1, "full": 2, "ceiling": 3, "ranker": 4, "combined": 5}
 CEILING_ID = "ceiling:seed-to-seed"
@@ -75,7 +78,7 @@ class Report:
     topk: tuple[str, ...]
     table: pd.DataFrame
     metrics: pd.DataFrame
-    protocol: dict[str, Any]
+    protocol: RunProtocol
     notes: tuple[str, ...] = field(default=())
     # Spearman over all candidates minus the random proxy's, paired bootstrap: (column label, interval).
     versus_random: tuple[tuple[str, Interval], ...] = field(default=())
@@ -101,36 +104,35 @@ def _row_label(method: str, label: str, sizes: dict[str, int]) -> str:
     return f"{name} top-{label} (k={sizes.get(label, '?')})"
 
 
-def _training_columns(store: ResultsStore, protocol: dict[str, Any]) -> list[Column]:
+def _training_columns(store: ResultsStore, protocol: RunProtocol) -> list[Column]:
     frame = store.frame()
-    sources: dict[str, Any] = protocol.get("sources", {})
     out = []
-    for sid, desc in sources.items():
-        rows = frame[(frame["source_id"] == sid) & (frame["config_hash"] == desc.get("config_hash"))]
+    for sid, desc in protocol.sources.items():
+        rows = frame[(frame["source_id"] == sid) & (frame["config_hash"] == desc.config_hash)]
         if rows.empty:
             continue
         counts = {s: int((rows["status"] == s).sum()) for s in ("ok", "diverged", "failed")}
         scores = candidate_scores(rows)
-        cost = run_cost(rows, int(desc.get("images") or 0), int(desc.get("bytes") or 0))
+        cost = run_cost(rows, int(desc.images or 0), int(desc.bytes or 0))
         ok = rows[rows["status"] == "ok"]
         mean_acc = float(ok.groupby("arch_id")["accuracy"].mean().mean()) if len(ok) else float("nan")
         out.append(
             Column(
                 sid,
-                str(desc.get("label") or sid),
-                str(desc.get("kind", "proxy")),
+                desc.label or sid,
+                desc.kind,
                 scores,
                 cost,
                 counts,
                 mean_accuracy=mean_acc,
-                build_seconds=float(desc.get("build_seconds", float("nan"))),
+                build_seconds=desc.build_seconds,
                 rows=rows,
             )
         )
     return out
 
 
-def _ranker_columns(store: ResultsStore, protocol: dict[str, Any], arch_ids: Sequence[str]) -> list[Column]:
+def _ranker_columns(store: ResultsStore, protocol: RunProtocol, arch_ids: Sequence[str]) -> list[Column]:
     scores = store.scores_frame()
     out = []
     for name in dict.fromkeys(scores["ranker"]):
@@ -143,11 +145,10 @@ def _ranker_columns(store: ResultsStore, protocol: dict[str, Any], arch_ids: Seq
         out.append(Column(f"ranker:{name}", name, "ranker", series.sort_index(), Cost(secs, secs, 0, 0), counts))
     have = {c.label for c in out}
     missing = [n for n in ("params", "flops") if n not in have]
-    if missing and arch_ids and protocol.get("in_channels"):
+    p = protocol
+    if missing and arch_ids and p.in_channels and p.image_size is not None and p.num_classes is not None:
         start = time.perf_counter()
-        base = baseline_scores(
-            list(arch_ids), int(protocol["in_channels"]), int(protocol["image_size"]), int(protocol["num_classes"])
-        )
+        base = baseline_scores(list(arch_ids), p.in_channels, p.image_size, p.num_classes)
         secs = time.perf_counter() - start
         for name in missing:
             s = base[name]
@@ -171,8 +172,6 @@ def _combined_columns(columns: Sequence[Column], partner: str) -> list[Column]:
     The partner is a constant (``zero_cost.DEFAULT_COMBINED_RANKER``), never chosen by looking at
     the ground truth the column is judged against. Cost and storage are the sum of both parts.
     """
-    from nas_proxy.zero_cost import rank_average
-
     ranker = next((c for c in columns if c.kind == "ranker" and c.label == partner), None)
     if ranker is None:
         return []
@@ -214,17 +213,18 @@ def build_report(
     smallest top-k over which a correlation is shown (:data:`nas_proxy.metrics.MIN_TOPK_CORRELATION`).
     """
     store = open_store(run_dir)
-    protocol = store.read_protocol() or {}
+    protocol = store.load_protocol() or RunProtocol()
     columns = _training_columns(store, protocol)
     if not columns:
         raise NasProxyError(f"{store.root} holds no finished training runs yet")
     notes: list[str] = []
     full = next((c for c in columns if c.kind == "full"), None)
-    per_epoch = fid.steps_per_epoch(protocol.get("sources", {}).get("full", {}))
-    if fidelity is None and protocol.get("truth_fidelity") is not None:
-        fidelity = int(protocol["truth_fidelity"])
+    full_source, full_config = protocol.source("full"), protocol.config("full")
+    per_epoch = full_source.steps_per_epoch if full_source is not None else None
+    if fidelity is None and protocol.truth_fidelity is not None:
+        fidelity = protocol.truth_fidelity
     truth_label = "final"
-    if fidelity is not None and fidelity == protocol.get("configs", {}).get("full", {}).get("epochs"):
+    if fidelity is not None and full_config is not None and fidelity == full_config.epochs:
         fidelity = None  # the last epoch is the final accuracy itself
     if full is not None and fidelity is not None:
         full = _at_fidelity(full, fidelity, per_epoch, store.root)
@@ -236,15 +236,13 @@ def build_report(
         ceiling = _ceiling_column(full, truth_step, topk, n_boot, seed, min_topk)
         if ceiling is not None:
             columns.append(ceiling)
-            budgets = protocol.get("configs", {}).get("full", {}).get("curve_steps") or []
+            budgets = full_config.curve_steps if full_config is not None else []
             steps = _proxy_steps(protocol)
             columns += _early_curve_columns(full, budgets, truth_step, steps, topk, n_boot, seed, min_topk)
         else:
             notes.append("one whole-data seed only: no seed-to-seed ceiling (train --seeds 0 1 for one)")
     arch_ids = sorted({i for c in columns for i in c.scores.index})
     if rankers:
-        from nas_proxy.zero_cost import DEFAULT_COMBINED_RANKER
-
         columns += _ranker_columns(store, protocol, list(truth.index) if truth is not None else arch_ids)
         columns += _combined_columns(columns, DEFAULT_COMBINED_RANKER)
     if truth is None:
@@ -287,7 +285,8 @@ def build_report(
             continue
         noise_records.append({"column": label, **fid.seed_noise(c.rows, truth, n_boot=n_boot, seed=seed)})
         if c.kind == "proxy" and truth is not None:
-            per = fid.steps_per_epoch(protocol.get("sources", {}).get(c.id, {}))
+            source = protocol.source(c.id)
+            per = source.steps_per_epoch if source is not None else None
             curve = fid.proxy_epoch_table(c.rows, truth, per, n_boot=n_boot, seed=seed)
             if not curve.empty:
                 epochs.append((label, curve))
@@ -312,23 +311,18 @@ def build_report(
     )
 
 
-def incomplete_sources(protocol: dict[str, Any], frame: pd.DataFrame) -> list[str]:
+def incomplete_sources(protocol: RunProtocol, frame: pd.DataFrame) -> list[str]:
     """One line per training source with fewer stored runs than its invocations planned.
 
     Planned = the most candidates x seeds any invocation asked of the source. A report of such a
     store describes a run still in progress: its figures are not final.
     """
-    planned: dict[str, int] = {}
-    for inv in protocol.get("invocations", []):
-        runs = int(inv.get("candidates") or 0) * len(inv.get("seeds") or [])
-        for sid in inv.get("sources", []):
-            planned[sid] = max(planned.get(sid, 0), runs)
     out = []
-    for sid, want in planned.items():
-        desc = protocol.get("sources", {}).get(sid, {})
-        have = int(((frame["source_id"] == sid) & (frame["config_hash"] == desc.get("config_hash"))).sum())
+    for sid, want in protocol.planned():
+        desc = protocol.source(sid) or SourceRecord()
+        have = int(((frame["source_id"] == sid) & (frame["config_hash"] == desc.config_hash)).sum())
         if have < want:
-            out.append(f"{desc.get('label') or sid}: {have} of {want} planned runs stored")
+            out.append(f"{desc.label or sid}: {have} of {want} planned runs stored")
     return out
 
 
@@ -422,24 +416,23 @@ def _early_curve_columns(
     return out
 
 
-def _proxy_steps(protocol: dict[str, Any]) -> int | None:
+def _proxy_steps(protocol: RunProtocol) -> int | None:
     """SGD steps of one proxy run (the unit of the early-stopping budgets), if any proxy is stored."""
-    for desc in protocol.get("sources", {}).values():
-        if desc.get("kind") == "proxy":
-            per = fid.steps_per_epoch(desc)
-            epochs = (desc.get("config") or {}).get("epochs")
+    for desc in protocol.sources.values():
+        if desc.kind == "proxy":
+            per, epochs = desc.steps_per_epoch, desc.epochs
             if per and epochs:
-                return int(per * int(epochs))
+                return per * epochs
     return None
 
 
-def _random_proxy(columns: Sequence[Column], protocol: dict[str, Any]) -> Column | None:
+def _random_proxy(columns: Sequence[Column], protocol: RunProtocol) -> Column | None:
     """The baseline every proxy must beat: the random-selection proxy (the largest ipc if several)."""
-    sources = protocol.get("sources", {})
-    randoms = [c for c in columns if c.kind == "proxy" and sources.get(c.id, {}).get("method") == "random"]
+    meta = {sid: s.meta for sid, s in protocol.sources.items()}
+    randoms = [c for c in columns if c.kind == "proxy" and meta.get(c.id, {}).get("method") == "random"]
     if not randoms:
         return None
-    return max(randoms, key=lambda c: int(sources[c.id].get("ipc") or 0))
+    return max(randoms, key=lambda c: int(meta[c.id].get("ipc") or 0))
 
 
 def _unique_labels(columns: Sequence[Column]) -> list[str]:
@@ -568,9 +561,8 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 
 def _markdown(report: Report) -> str:
     p = report.protocol
-    cfg = p.get("configs", {})
     n = len(report.truth) if report.truth is not None else max((len(c.scores) for c in report.columns), default=0)
-    seeds = sorted({s for inv in p.get("invocations", []) for s in inv.get("seeds", [])})
+    seeds = p.seeds
     lines = [f"# nas-proxy report: {report.run_dir}", ""]
     if report.incomplete:
         lines += [
@@ -580,11 +572,11 @@ def _markdown(report: Report) -> str:
             "",
         ]
     lines.append(
-        f"Dataset **{p.get('dataset')}**, space **{p.get('space')}**, {n} candidates, training seeds "
+        f"Dataset **{p.dataset}**, space **{p.space}**, {n} candidates, training seeds "
         f"{', '.join(map(str, seeds)) or '?'}; "
         + "; ".join(
-            f"{kind}: {c.get('epochs')} epochs (batch {c.get('batch_size')}, lr {c.get('lr')})"
-            for kind, c in cfg.items()
+            f"{kind}: {c.values.get('epochs')} epochs (batch {c.values.get('batch_size')}, lr {c.values.get('lr')})"
+            for kind, c in p.configs.items()
         )
         + "."
     )
@@ -712,16 +704,12 @@ def _safe_name(text: str) -> str:
 
 
 def _scatter(col: Column, label: str, truth: pd.Series, path: Path) -> None:
-    from matplotlib.figure import Figure
-
     common = sorted(set(col.scores.index) & set(truth.index))
     x = col.scores[common].to_numpy(dtype=float)
     y = 100 * truth[common].to_numpy(dtype=float)
     fig = Figure(figsize=(4.2, 4.0), constrained_layout=True)
     ax = fig.add_subplot()
     if col.kind == "ranker":
-        from scipy.stats import rankdata
-
         ax.scatter(rankdata(x), y, s=12, alpha=0.7)
         ax.set_xlabel(f"{label}: rank of score (1 = lowest)")
     else:
@@ -735,8 +723,6 @@ def _scatter(col: Column, label: str, truth: pd.Series, path: Path) -> None:
 
 
 def _cost_figure(report: Report, labels: Sequence[str], path: Path) -> None:
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(7, 5), constrained_layout=True)
     ax = fig.add_subplot()
     points: list[tuple[float, float, str]] = []
@@ -785,8 +771,6 @@ def _cost_figure(report: Report, labels: Sequence[str], path: Path) -> None:
 
 
 def _convergence_figure(conv: pd.DataFrame, path: Path) -> None:
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(6, 4), constrained_layout=True)
     ax = fig.add_subplot()
     x = conv["epoch"]
@@ -805,8 +789,6 @@ def _convergence_figure(conv: pd.DataFrame, path: Path) -> None:
 
 
 def _proxy_epochs_figure(curves: Sequence[tuple[str, pd.DataFrame]], path: Path) -> None:
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(6, 4), constrained_layout=True)
     ax = fig.add_subplot()
     for label, t in curves:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,22 +36,28 @@ import optuna
 import torch
 from optuna.trial import BaseTrial, FrozenTrial, TrialState
 
-from nas_proxy.data import Split
+from nas_proxy.data import DATASETS, Split, check_pair, load_dataset
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError, UnknownNameError
+from nas_proxy.groundtruth import load_ground_truth
 from nas_proxy.log import progress_bar
 from nas_proxy.models import build_model, count_params
 from nas_proxy.plan import DataShape, ExecutionSettings, Run, outcome, plan_runs, train_model_fast, train_runs
-from nas_proxy.proxies.artifact import ProxySet
-from nas_proxy.space import AXES, ArchSpec, SearchSpace
+from nas_proxy.proxies.artifact import ProxySet, check_dataset, dataset_argument, load_proxy
+from nas_proxy.sources import TrainingSource, full_source, proxy_source
+from nas_proxy.space import AXES, ArchSpec, SearchSpace, load_space
 from nas_proxy.studies import (
     DEFAULT_HEARTBEAT,
     HEARTBEAT_ATTR,
     TrialSeededSampler,
+    budget_of,
     configure_heartbeat,
     default_storage,
     default_storage_path,
     open_storage,
+    redact,
+    resolve_storage,
+    run_trials,
     uses_budget,
 )
 from nas_proxy.train import TrainConfig, accuracy
@@ -85,26 +91,11 @@ def trial_arch(trial: FrozenTrial) -> ArchSpec:
 # ----------------------------------------------------------------------------- objective
 
 
-@dataclass(frozen=True)
-class _Source:
-    split: Split
-    source_id: str
-
-
-def _as_source(train_source: Split | ProxySet, source_id: str | None, device: torch.device) -> _Source:
+def _as_source(train_source: Split | ProxySet, source_id: str | None, config: TrainConfig) -> TrainingSource:
     if isinstance(train_source, ProxySet):
-        return _Source(train_source.as_split(device), source_id or train_source.id)
-    return _Source(train_source.to(device), source_id or f"{train_source.dataset}-n{len(train_source)}")
-
-
-def _check_pair(train: Split, test: Split) -> None:
-    if train.images.shape[1:] != test.images.shape[1:]:
-        raise NasProxyError(
-            f"training images are {tuple(train.images.shape[1:])} but eval images of {test.dataset} "
-            f"are {tuple(test.images.shape[1:])}"
-        )
-    if train.num_classes != test.num_classes:
-        raise NasProxyError(f"training data has {train.num_classes} classes but eval split has {test.num_classes}")
+        source = proxy_source(train_source, config)
+        return source if source_id is None else replace(source, id=source_id)
+    return full_source(train_source, config, id=source_id or f"{train_source.dataset}-n{len(train_source)}")
 
 
 def make_objective(
@@ -147,20 +138,19 @@ def make_objective(
     if diverged not in ("fail", "zero"):
         raise UnknownNameError("diverged policy", diverged, ("fail", "zero"))
     dev = resolve_device(device)
-    source = _as_source(train_source, source_id, dev)
-    test = eval_split.to(dev)
-    _check_pair(source.split, test)
-    if len(source.split) == 0 or len(test) == 0:
-        raise NasProxyError("training source and eval split must both hold images")
     cfg = replace(config or TrainConfig(), epochs=epochs)
+    source = _as_source(train_source, source_id, cfg)
+    train, test = source.split.to(dev), eval_split.to(dev)
+    check_pair(train, test)
+    if len(train) == 0 or len(test) == 0:
+        raise NasProxyError("training source and eval split must both hold images")
     every = report_every or max(1, epochs // 10)
     # A fixed subset (seeded by `seed`) so every trial's intermediate values are comparable.
     monitor = test if report_images is None or report_images >= len(test) else test.random_subset(report_images, seed)
-    train = source.split
 
     def objective(trial: BaseTrial) -> float | tuple[float, float]:
         spec = suggest_arch(trial, space)
-        for key, value in (("source_id", source.source_id), ("epochs", epochs), ("seed", seed)):
+        for key, value in (("source_id", source.id), ("epochs", epochs), ("seed", seed)):
             trial.set_user_attr(key, value)
         if reuse_duplicates:
             twin = _completed_twin(trial, spec.id)
@@ -437,30 +427,29 @@ def best_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
 
 @dataclass(frozen=True)
 class GroundTruthRanks:
-    """Whole-data accuracy per architecture (mean over seeds) and its rank (1 = best)."""
+    """Whole-data accuracy per architecture (mean over seeds) and its rank (1 = best).
+
+    ``dataset``: the file's dataset when it has a protocol (None for a bare table).
+    """
 
     accuracy: dict[str, float]
     rank: dict[str, int]
     path: str
+    dataset: str | None = None
 
     def __len__(self) -> int:
         return len(self.accuracy)
 
 
 def read_ground_truth(path: str | Path) -> GroundTruthRanks:
-    """Read ``arch_id`` and ``accuracy`` (in [0, 1]) from a ground-truth CSV; ``status`` other than ok is dropped."""
-    import pandas as pd
+    """Ranks from a ground-truth file read by :func:`nas_proxy.groundtruth.load_ground_truth`.
 
-    path = Path(path)
-    if not path.is_file():
-        raise NasProxyError(f"ground-truth file {str(path)!r} does not exist")
-    try:
-        table = pd.read_csv(path)
-    except (OSError, ValueError) as exc:
-        raise NasProxyError(f"{path}: unreadable CSV ({exc})") from exc
-    missing = [c for c in ("arch_id", "accuracy") if c not in table.columns]
-    if missing:
-        raise NasProxyError(f"{path}: missing columns {', '.join(missing)} (needs arch_id, accuracy)")
+    An exported file is checked with its sidecar (hash, columns, statuses, config); a bare CSV
+    from elsewhere needs ``arch_id`` and ``accuracy`` (in [0, 1]). Rows whose ``status`` is not
+    ok are dropped.
+    """
+    gt = load_ground_truth(path, bare=True)
+    table = gt.table
     if "status" in table.columns:
         table = table[table["status"] == "ok"]
     table = table.dropna(subset=["accuracy"])
@@ -469,7 +458,10 @@ def read_ground_truth(path: str | Path) -> GroundTruthRanks:
     mean = table.groupby("arch_id")["accuracy"].mean().sort_values(ascending=False, kind="stable")
     ranks = mean.rank(ascending=False, method="min").astype(int)
     return GroundTruthRanks(
-        {str(k): float(v) for k, v in mean.items()}, {str(k): int(v) for k, v in ranks.items()}, str(path)
+        {str(k): float(v) for k, v in mean.items()},
+        {str(k): int(v) for k, v in ranks.items()},
+        str(gt.path),
+        None if gt.bare else gt.dataset,
     )
 
 
@@ -557,12 +549,146 @@ def best_table(
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
 
+# ----------------------------------------------------------------------------- the CLI's entry point
+
+
+@dataclass(frozen=True)
+class SearchStart:
+    """A search about to run its trials: what a caller shows before they start."""
+
+    study: optuna.Study
+    name: str
+    storage: str  # as shown: an RDB URL without its password, or the journal path
+    space: SearchSpace
+    proxy: ProxySet
+    sampler: str
+    pruner: str
+    n_trials: int
+    done: int  # trials that counted before this call
+    test: Split
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What :func:`run_search` did: the study, its best trials and how they fare on the whole data."""
+
+    start: SearchStart
+    counts: dict[str, int]
+    budget: str
+    top: list[FrozenTrial]
+    ground_truth: GroundTruthRanks | None = None
+    refits: list[Refit] = field(default_factory=list)
+    refit_images: int = 0
+    refit_epochs: int = 0
+    interrupted: bool = False  # Ctrl-C: finished trials are stored, the refit was skipped
+
+    def table(self) -> str:
+        return best_table(self.top, ground_truth=self.ground_truth, refits=self.refits)
+
+
+def run_search(
+    *,
+    space: str,
+    proxy: str | Path,
+    n_trials: int,
+    sampler: str = "tpe",
+    pruner: str | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    n_jobs: int = 1,
+    heartbeat: int | None = None,
+    dataset: str | None = None,
+    epochs: int = 100,
+    seed: int = 0,
+    test_subset: int | None = None,
+    top: int = 5,
+    refit_top: int = 0,
+    full_epochs: int | None = None,
+    refit_subset: int | None = None,
+    ground_truth: str | Path | None = None,
+    data_root: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    trial_bar: bool = False,
+    on_start: Callable[[SearchStart], None] | None = None,
+) -> SearchResult:
+    """``nas-proxy search``: an Optuna study over ``space`` whose trials train on the proxy file ``proxy``.
+
+    Every check runs before data is loaded or a study is opened. The study is created or
+    continued (:func:`create_study`; named ``SPACE-PROXYID-SAMPLER-eEPOCHS-sSEED`` by default, a
+    journal file under ``results/studies`` unless ``storage`` names one) and runs until
+    ``n_trials`` trials count over every worker and rerun (:func:`nas_proxy.studies.run_trials`).
+    ``on_start`` sees the study before its trials run. Ctrl-C ends the trials, not the call: the
+    result says ``interrupted``. Then the ``refit_top`` best are trained on the whole training set
+    (or ``refit_subset`` images of it) for ``full_epochs``, and ranked against ``ground_truth``
+    (default: ``results/groundtruth/DATASET-SPACE-e*.csv`` if one exists; see
+    :func:`read_ground_truth`). ``progress``: the refit's bar; ``trial_bar``: Optuna's.
+    """
+    # Cheap checks first: a typo fails before any data is loaded or any storage is opened.
+    for flag, value in (("n_trials", n_trials), ("n_jobs", n_jobs), ("epochs", epochs)):
+        if value < 1 and not (flag == "n_jobs" and value == -1):
+            raise NasProxyError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if refit_top < 0:
+        raise NasProxyError(f"--refit-top must be at least 0, got {refit_top}")
+    if heartbeat is not None and heartbeat < 1:
+        raise NasProxyError(f"--heartbeat must be at least 1 (seconds), got {heartbeat}")
+    multi = sampler == "nsga2"
+    pruner = pruner or ("none" if multi else "median")
+    get_pruner(pruner)
+    search_space = load_space(space)
+    proxy_set = load_proxy(proxy)
+    built_from = proxy_set.manifest.dataset
+    named = dataset is not None and dataset.lower() in DATASETS
+    if named and dataset is not None and dataset.lower() != built_from:  # own data is compared by content once loaded
+        raise NasProxyError(f"proxy from another dataset: {proxy} was built from {built_from!r}, not {dataset!r}")
+    gt_path = ground_truth or find_ground_truth(built_from, search_space.name)
+    gt = read_ground_truth(gt_path) if gt_path is not None else None
+    if gt is not None and gt.dataset is not None and gt.dataset != built_from:
+        raise NasProxyError(f"{gt.path} is for dataset {gt.dataset!r}, but {proxy} was built from {built_from!r}")
+    config = TrainConfig(epochs=epochs)
+    name = study_name or f"{search_space.name}-{proxy_set.id}-{sampler}-e{epochs}-s{seed}"
+    # Absolute: a worker started in another directory must name the same study to join it.
+    where = resolve_storage(storage, name)
+    attrs = {"source_id": proxy_set.id, "dataset": built_from, "epochs": epochs, "seed": seed,
+             "config_hash": config.hash, "test_subset": test_subset or 0}
+    options = {"population_size": max(4, min(50, n_trials // 5))} if multi else {}
+    study = create_study(search_space, sampler, pruner, where, name, seed, multi,
+                         user_attrs=attrs, sampler_options=options, heartbeat=heartbeat)
+    train, test = load_dataset(dataset or dataset_argument(proxy_set.manifest), root=data_root, device=device)
+    check_dataset(proxy_set, train, str(proxy))
+    if test_subset is not None:
+        test = test.random_subset(test_subset, seed=0)  # fixed subset: comparable across studies
+    objective = make_objective(proxy_set, test, space=search_space, epochs=epochs, seed=seed, config=config,
+                               multi_objective=multi, device=device)
+    start = SearchStart(study, name, redact(where) if "://" in where else where, search_space, proxy_set,
+                        sampler, pruner, n_trials, counted_trials(study), test)
+    if on_start is not None:
+        on_start(start)
+    interrupted = False
+    try:
+        run_trials(study, objective, n_trials, n_jobs=n_jobs, show_progress_bar=trial_bar)
+    except KeyboardInterrupt:
+        interrupted = True  # the running trial is marked FAIL by Optuna; finished ones are stored
+    best = best_trials(study, max(top, refit_top))
+    result = SearchResult(start, study_counts(study), budget_of(study, n_trials).text(), best, gt,
+                          interrupted=interrupted)
+    if not best or not refit_top or interrupted:
+        return result
+    full = train if refit_subset is None else train.random_subset(refit_subset, seed=seed)
+    full_config = TrainConfig(epochs=full_epochs or epochs)
+    specs = [trial_arch(t) for t in best[:refit_top]]
+    refits = refit(specs, full, test, full_config, seed, progress=progress)
+    return replace(result, refits=refits, refit_images=len(full), refit_epochs=full_config.epochs)
+
+
 __all__ = [
     "PRUNERS",
     "SAMPLERS",
     "Diverged",
     "GroundTruthRanks",
     "Refit",
+    "SearchResult",
+    "SearchStart",
     "best_table",
     "best_trials",
     "counted_trials",
@@ -578,6 +704,7 @@ __all__ = [
     "open_storage",
     "read_ground_truth",
     "refit",
+    "run_search",
     "stop_after",
     "study_counts",
     "suggest_arch",

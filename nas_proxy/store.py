@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from nas_proxy.errors import NasProxyError
 from nas_proxy.lock import LOCK_NAME, Holder, check_free, exclusive
+from nas_proxy.protocol import RunProtocol
 
 RUNS_FILE = "runs.jsonl"
 SCORES_FILE = "scores.jsonl"
 PROTOCOL_FILE = "protocol.json"
-STORE_FORMAT = 1
 
 STATUSES: tuple[str, ...] = ("ok", "diverged", "failed")
 # A training-free score is 'overflow' when the ranker met a non-finite value (nas_proxy.zero_cost).
@@ -230,6 +231,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def save_torch_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename over ``path`` (parents created): a checkpoint
+    is the old one or the new one, never half of one, when a kill lands mid-write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
 # ----------------------------------------------------------------------------- the store
 
 
@@ -350,7 +360,17 @@ class ResultsStore:
 
     # -- protocol
 
+    def load_protocol(self) -> RunProtocol | None:
+        """The run's protocol (None before the first ``evaluate``); a malformed file raises naming it."""
+        data = self.read_protocol()
+        return None if data is None else RunProtocol.from_json(data, str(self.protocol_path))
+
+    def save_protocol(self, protocol: RunProtocol) -> None:
+        """Write the protocol whole (atomically): a kill leaves the old one or the new one."""
+        self.write_protocol(protocol.to_json())
+
     def read_protocol(self) -> dict[str, Any] | None:
+        """The protocol file as JSON, for tools that show it; the library reads :meth:`load_protocol`."""
         if not self.protocol_path.exists():
             return None
         try:
@@ -362,6 +382,7 @@ class ResultsStore:
         return data
 
     def write_protocol(self, protocol: dict[str, Any]) -> None:
+        """Write a protocol given as JSON (hand-made stores in tests); the library uses :meth:`save_protocol`."""
         self._mkdir()
         write_json_atomic(self.protocol_path, protocol)
 

@@ -29,12 +29,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 from torch import nn
 
 from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError, UnknownNameError
+from nas_proxy.log import progress_bar
 from nas_proxy.models import ConvNet, build_model, count_flops, count_params
 from nas_proxy.space import ArchSpec
 
@@ -317,7 +320,12 @@ def get_ranker(name: str) -> Ranker:
 
 
 def parse_rankers(text: str | Iterable[str]) -> list[str]:
-    """``"all"`` or a comma list (``"synflow,naswot"``) -> validated names, duplicates dropped, order kept."""
+    """``"all"`` or a comma list (``"synflow,naswot"``) -> validated names, duplicates dropped, order kept.
+
+    The one parser of ranker names (``evaluate --rankers``, the demo, :func:`score_space`). Input
+    that names nothing (``""``, ``" , "``, ``[]``) raises listing the valid names: a caller that
+    wants no rankers passes none and does not call this.
+    """
     parts = text.split(",") if isinstance(text, str) else list(text)
     names = [p.strip() for p in parts if p.strip()]
     if not names:
@@ -327,6 +335,25 @@ def parse_rankers(text: str | Iterable[str]) -> list[str]:
     for name in names:
         get_ranker(name)
     return list(dict.fromkeys(names))
+
+
+def baseline_scores(
+    arch_ids: Sequence[str], in_channels: int, image_size: int, num_classes: int
+) -> dict[str, pd.Series]:
+    """The rankers that need neither data nor training, :func:`params` and :func:`flops`, over ids.
+
+    The report's params/flops columns when a store holds no scores of its own. Counted on the
+    meta device: exact shapes of every layer, no memory, no initialisation.
+    """
+    scores: dict[str, dict[str, float]] = {"params": {}, "flops": {}}
+    for arch in arch_ids:
+        with torch.device("meta"):
+            model = build_model(arch, in_channels, image_size, num_classes)
+            sample = torch.empty(1, in_channels, image_size, image_size)
+        labels = torch.empty(1, dtype=torch.long, device="meta")
+        for name, values in scores.items():
+            values[arch] = RANKERS[name](model, sample, labels)
+    return {name: pd.Series(values, name=name) for name, values in scores.items()}
 
 
 # ----------------------------------------------------------------------------- safe scoring
@@ -429,8 +456,6 @@ def score_space(
     to a results file there), so a Ctrl-C loses at most the candidate in flight. Returns the new
     scores in (spec, ranker) order. A tqdm bar shows rate and ETA when ``progress`` (log lines outside a terminal).
     """
-    from nas_proxy.log import progress_bar
-
     rankers = parse_rankers(names)
     images, labels = batch
     todo = [(s, [r for r in rankers if (r, _arch_id(s)) not in skip]) for s in specs]
@@ -496,8 +521,6 @@ def rank_average(scores_a: dict[str, float], scores_b: dict[str, float]) -> dict
     scale; a candidate that is missing or NaN in either gets NaN (it stays marked, it never
     shifts the others' ranks). Higher = better, like every ranker. Keys: the union of both.
     """
-    from scipy.stats import rankdata
-
     keys = list(dict.fromkeys([*scores_a, *scores_b]))
     both = [k for k in keys if math.isfinite(scores_a.get(k, math.nan)) and math.isfinite(scores_b.get(k, math.nan))]
     out = dict.fromkeys(keys, math.nan)

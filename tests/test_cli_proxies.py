@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from nas_proxy.cli import default_proxy_path, main
-from nas_proxy.proxies import coreset, load_proxy
+from nas_proxy.cli import main
+from nas_proxy.proxies import coreset, default_proxy_path, load_proxy
 
 SMALL = "ConvNet-D1-W8-AR-IN-AP"
 

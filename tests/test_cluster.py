@@ -24,8 +24,9 @@ from nas_proxy import cluster
 from nas_proxy.cli import main
 from nas_proxy.data import Split, load_dataset, make_synthetic
 from nas_proxy.errors import NasProxyError
-from nas_proxy.evaluate import evaluate, full_source, proxy_source
+from nas_proxy.evaluate import evaluate
 from nas_proxy.proxies import get_builder, save_proxy
+from nas_proxy.sources import full_source, proxy_source
 from nas_proxy.space import load_space
 from nas_proxy.store import ResultsStore, RunRow
 from nas_proxy.train import TrainConfig

@@ -133,3 +133,16 @@ def test_real_fashion_mnist() -> None:
     assert train.images.shape[1:] == (1, 28, 28)
     assert sorted(train.labels.unique().tolist()) == list(range(10))
     assert abs(float(train.images.mean())) < 0.01 and abs(float(train.images.std()) - 1) < 0.01
+
+
+def test_check_pair_names_the_training_side_and_the_mismatch() -> None:
+    from nas_proxy.data import check_pair
+
+    train, test = make_synthetic(num_classes=4, train_per_class=2, test_per_class=2, size=12, seed=0)
+    check_pair(train, test)
+    _, other = make_synthetic(num_classes=4, train_per_class=2, test_per_class=2, size=16, seed=0)
+    with pytest.raises(NasProxyError, match=r"proxy p has images of shape \(1, 12, 12\) but the test set"):
+        check_pair(train, other, "proxy p")
+    _, fewer = make_synthetic(num_classes=3, train_per_class=2, test_per_class=2, size=12, seed=0)
+    with pytest.raises(NasProxyError, match="has 4 classes but the test set synthetic has 3"):
+        check_pair(train, fewer)

@@ -11,17 +11,12 @@ import pytest
 from nas_proxy import kernels
 from nas_proxy.data import Split, make_synthetic
 from nas_proxy.errors import NasProxyError
-from nas_proxy.evaluate import (
-    TrainingSource,
-    early_stopping_sources,
-    evaluate,
-    full_source,
-    proxy_source,
-)
+from nas_proxy.evaluate import evaluate
 from nas_proxy.groundtruth import export_ground_truth, load_ground_truth
 from nas_proxy.metrics import candidate_scores, compare
 from nas_proxy.proxies import get_builder
 from nas_proxy.report import build_report
+from nas_proxy.sources import TrainingSource, early_stopping_sources, full_source, proxy_source
 from nas_proxy.space import ArchSpec, load_space
 from nas_proxy.store import ResultsStore, RunRow
 from nas_proxy.train import RunOutcome, TrainConfig, train_and_evaluate

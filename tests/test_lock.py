@@ -15,9 +15,10 @@ import pytest
 from nas_proxy.cli import main
 from nas_proxy.data import Split
 from nas_proxy.errors import InUseError
-from nas_proxy.evaluate import evaluate, full_source
+from nas_proxy.evaluate import evaluate
 from nas_proxy.lock import LOCK_NAME, exclusive
 from nas_proxy.log import Note
+from nas_proxy.sources import full_source
 from nas_proxy.store import ResultsStore
 from nas_proxy.train import TrainConfig
 

@@ -320,3 +320,22 @@ def test_default_storage_is_a_journal_file(tmp_path: Path, space: SearchSpace) -
     study.optimize(lambda t: float(suggest_arch(t, space).width), n_trials=2)
     assert path.is_file() and path.stat().st_size > 0
     assert len(optuna.load_study(study_name="s", storage=default_storage(path)).trials) == 2
+
+
+def test_run_search_from_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nas_proxy.search import SearchStart, run_search
+
+    monkeypatch.chdir(tmp_path)  # the journal goes under results/studies here
+    train, _ = make_synthetic()
+    proxy = save_proxy(get_builder("random", ipc=2, seed=0).build(train), tmp_path / "p.npz")
+    gt = tmp_path / "gt.csv"
+    gt.write_text("arch_id,accuracy\n" + "".join(f"{s.id},{i / 100}\n" for i, s in enumerate(load_space("tiny"))))
+    seen: list[SearchStart] = []
+    res = run_search(space="tiny", proxy=proxy, n_trials=3, sampler="random", epochs=1, refit_top=1,
+                     refit_subset=40, ground_truth=gt, progress=False, on_start=seen.append)
+    assert len(seen) == 1 and seen[0].done == 0 and seen[0].space.name == "tiny"
+    assert res.counts.get("COMPLETE", 0) + res.counts.get("PRUNED", 0) == 3 and not res.interrupted
+    assert len(res.refits) == 1 and res.refit_images == 40 and res.ground_truth is not None
+    assert "rank of 16" in res.table()
+    again = run_search(space="tiny", proxy=proxy, n_trials=4, sampler="random", epochs=1, progress=False)
+    assert again.start.done == 3 and again.start.name == seen[0].name

@@ -9,13 +9,14 @@ from torch import nn
 
 from nas_proxy.data import Split, make_synthetic
 from nas_proxy.errors import NasProxyError, UnknownNameError
-from nas_proxy.models import ConvNet, build_model, count_flops
+from nas_proxy.models import ConvNet, build_model, count_flops, count_params
 from nas_proxy.space import ArchSpec, load_space
 from nas_proxy.zero_cost import (
     DEFAULT_COMBINED_RANKER,
     JACOB_COV_K,
     RANKERS,
     RankerScore,
+    baseline_scores,
     get_ranker,
     grad_norm,
     jacob_cov,
@@ -316,3 +317,11 @@ def test_all_720_specs_score_finite() -> None:
     results = score_space("all", load_space("convnet720"), (images, labels), 10, seed=0, progress=False)
     bad = [(r.ranker, r.arch_id, r.reason) for r in results if r.status != "ok" or not math.isfinite(r.score)]
     assert len(results) == 720 * len(list_rankers()) and not bad, bad[:10]
+
+
+def test_baseline_rankers_are_params_and_flops() -> None:
+    ids = ["ConvNet-D1-W4-AR-LN-AP", "ConvNet-D3-W128-AR-IN-AP"]
+    base = baseline_scores(ids, 1, 28, 10)
+    assert base["params"][ids[1]] == 317_706  # REFERENCE.md section 1
+    assert base["params"][ids[0]] == count_params(build_model(ids[0], 1, 28, 10))
+    assert base["flops"][ids[0]] == count_flops(ids[0], 1, 28, 10)

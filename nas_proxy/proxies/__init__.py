@@ -16,6 +16,7 @@ from typing import Any
 from nas_proxy.errors import NasProxyError, UnknownNameError
 from nas_proxy.proxies.artifact import ProxyManifest, ProxySet, load_proxy, save_proxy
 from nas_proxy.proxies.base import ProxyBuilder
+from nas_proxy.proxies.build import BuiltProxy, build_proxy, default_proxy_path
 from nas_proxy.proxies.coreset import Forgetting, Herding, KCenter, RandomSelection
 from nas_proxy.proxies.matching import DC, DM, DSA
 from nas_proxy.proxies.plugins import PluginProblem, Plugins, discover
@@ -115,10 +116,13 @@ def _coerce(text: str, hint: Any, key: str) -> Any:
 
 __all__ = [
     "BUILDERS",
+    "BuiltProxy",
     "ProxyBuilder",
     "ProxyManifest",
     "ProxySet",
+    "build_proxy",
     "builder_classes",
+    "default_proxy_path",
     "get_builder",
     "get_builder_class",
     "list_builders",

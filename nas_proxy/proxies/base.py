@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from nas_proxy.data import Split
-from nas_proxy.errors import NasProxyError
+from nas_proxy.errors import NasProxyError, check_positive_int
 from nas_proxy.proxies.artifact import ProxySet, make_proxy_set
 
 
@@ -46,8 +46,7 @@ class ProxyBuilder(abc.ABC):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.ipc, bool) or not isinstance(self.ipc, int) or self.ipc < 1:
-            raise NasProxyError(f"ipc (images per class) must be a positive integer, got {self.ipc!r}")
+        check_positive_int(self.ipc, "ipc (images per class)")
 
     def params(self) -> dict[str, Any]:
         """Every hyperparameter, as recorded in the manifest."""

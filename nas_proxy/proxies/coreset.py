@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from nas_proxy.data import Split
-from nas_proxy.errors import NasProxyError
+from nas_proxy.errors import NasProxyError, check_positive_int
 from nas_proxy.models import build_model
 from nas_proxy.proxies.base import BuildContext, BuildResult, ProxyBuilder
 from nas_proxy.proxies.embedding import (
@@ -176,11 +176,6 @@ def _check_arch(value: str, field: str) -> None:
         raise NasProxyError(f"{field} must be an architecture id like {DEFAULT_ARCH.id}, got {value!r}")
 
 
-def _check_positive(value: int, field: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise NasProxyError(f"{field} must be a positive integer, got {value!r}")
-
-
 # ----------------------------------------------------------------------------- builders
 
 
@@ -209,7 +204,7 @@ class _EmbeddingSelection(ProxyBuilder):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_arch(self.embed_arch, "embed_arch")
-        _check_positive(self.embed_epochs, "embed_epochs")
+        check_positive_int(self.embed_epochs, "embed_epochs")
 
     def embed(self, train: Split, ctx: BuildContext) -> tuple[torch.Tensor, dict[str, object]]:
         """Cached features of every training image (shared by herding and k-center), and manifest notes.
@@ -295,7 +290,7 @@ class Forgetting(ProxyBuilder):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_arch(self.arch, "arch")
-        _check_positive(self.epochs, "epochs")
+        check_positive_int(self.epochs, "epochs")
         _check_never_learned(self.never_learned)
 
     def _build(self, train: Split, ctx: BuildContext) -> BuildResult:

@@ -36,6 +36,7 @@ from nas_proxy.microbatch import cross_entropy_backward, training_micro_batch
 from nas_proxy.models import build_model
 from nas_proxy.proxies.artifact import content_hash
 from nas_proxy.space import ArchSpec
+from nas_proxy.store import save_torch_atomic
 from nas_proxy.train import TrainConfig
 
 # (batch indices into the training set, detached logits of that batch before the update)
@@ -55,13 +56,6 @@ class TrainRun:
 def split_hash(split: Split) -> str:
     """SHA-256 of a split's images and labels: the cache key of anything trained on it."""
     return content_hash(split.images, split.labels)
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def train_resumable(
@@ -121,7 +115,7 @@ def train_resumable(
             "pos": pos,
             "seconds": seconds_before + time.perf_counter() - start,
         }
-        _save_atomic(blob, checkpoint)
+        save_torch_atomic(blob, checkpoint)
 
     bar = progress_bar(total, desc, "step", enabled=progress, initial=step, leave=False)
     last_save = time.perf_counter()

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas_proxy.data import Split
-from nas_proxy.errors import NasProxyError
+from nas_proxy.errors import NasProxyError, check_positive, check_positive_int
 from nas_proxy.log import progress_bar
 from nas_proxy.microbatch import cross_entropy_backward, cross_entropy_grad, micro_batch_size, training_micro_batch
 from nas_proxy.models import ConvNet, build_model
@@ -44,6 +44,7 @@ from nas_proxy.proxies.augment import AugParams, apply, augment, default_strateg
 from nas_proxy.proxies.base import BuildContext, BuildResult, ProxyBuilder, class_balanced_labels
 from nas_proxy.proxies.embedding import split_hash
 from nas_proxy.space import DEFAULT_ARCH, ArchSpec
+from nas_proxy.store import save_torch_atomic
 
 # ----------------------------------------------------------------------------- gradient distances
 
@@ -347,13 +348,6 @@ _CHECKPOINT_KIND = "nas-proxy synthesis checkpoint v1"
 _on_iteration: Callable[[int], None] | None = None
 
 
-def _save_atomic(blob: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
-
-
 def _load_checkpoint(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     if not path.exists():
         return None
@@ -442,7 +436,7 @@ def run_synthesis(
             "opt": _to_cpu(snap["opt"]),
             "seconds": ctx.seconds_before + time.perf_counter() - started,
         }
-        _save_atomic(blob, ctx.checkpoint)
+        save_torch_atomic(blob, ctx.checkpoint)
 
     bar = progress_bar(iterations, f"build {builder.name}", "it", enabled=ctx.progress, initial=start_it, leave=False)
     last_save = time.perf_counter()
@@ -492,14 +486,6 @@ def _to_cpu(obj: Any) -> Any:
 # ----------------------------------------------------------------------------- builders
 
 
-def _check_positive(owner: str, **values: float | int | None) -> None:
-    for name, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise NasProxyError(f"{owner}: {name} must be positive, got {value!r}")
-
-
 def _check_common(owner: str, init: str, arch: str, momentum: dict[str, float]) -> None:
     if init not in ("noise", "real"):
         raise NasProxyError(f"{owner}: init must be noise or real, got {init!r}")
@@ -520,8 +506,8 @@ class DC(ProxyBuilder):
     ``outer_loop``/``inner_loop`` None take the reference table by ipc (:func:`default_loops`).
     ``arch`` is the matching network: any search-space id. ``real_dtype="bfloat16"`` runs the
     real images' forward and backward under bfloat16 autocast (the synthetic side stays float32):
-    1.5-1.6x faster per iteration on a CPU with AVX512-BF16 (untested on GPUs), loss within
-    6e-4 relative of float32 (benchmarks/dc_step.py measures both). ``micro_batch`` runs the real
+    faster per iteration on a CPU with AVX512-BF16 (untested on GPUs), not float32-equal
+    (``benchmarks/dc_step.py`` measures both; figures in results/benchmarks/README.md). ``micro_batch`` runs the real
     gradient that many images at a time (the same gradient up to float rounding); None picks
     micro-batches of a few MiB on a CPU and the whole batch on a GPU (:mod:`nas_proxy.microbatch`).
     """
@@ -559,9 +545,10 @@ class DC(ProxyBuilder):
             "micro_batch",
         ):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise NasProxyError(f"{self.name}: {name} must be a positive integer, got {value!r}")
-        _check_positive(self.name, lr_img=self.lr_img, lr_net=self.lr_net)
+            if value is not None:
+                check_positive_int(value, f"{self.name}: {name}")
+        check_positive(self.lr_img, f"{self.name}: lr_img")
+        check_positive(self.lr_net, f"{self.name}: lr_net")
         _check_common(
             self.name, self.init, self.arch, {"momentum_img": self.momentum_img, "momentum_net": self.momentum_net}
         )
@@ -663,9 +650,8 @@ class DM(ProxyBuilder):
             value = getattr(self, name)
             if value is None and name == "micro_batch":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise NasProxyError(f"{self.name}: {name} must be a positive integer, got {value!r}")
-        _check_positive(self.name, lr_img=self.lr_img)
+            check_positive_int(value, f"{self.name}: {name}")
+        check_positive(self.lr_img, f"{self.name}: lr_img")
         _check_common(self.name, self.init, self.arch, {"momentum_img": self.momentum_img})
         if self.strategy is not None:
             parse_strategy(self.strategy)

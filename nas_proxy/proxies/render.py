@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from nas_proxy.errors import NasProxyError
+from nas_proxy.errors import check_positive_int
 from nas_proxy.proxies.artifact import ProxySet
 
 # Class names of the named datasets (row labels of the grid); others show the class number.
@@ -48,8 +48,7 @@ def save_grid(proxy: ProxySet, path: str | Path, per_class: int | None = None, d
 
     m = proxy.manifest
     cols = m.ipc if per_class is None else per_class
-    if isinstance(cols, bool) or not isinstance(cols, int) or cols < 1:
-        raise NasProxyError(f"per-class must be a positive integer, got {per_class!r}")
+    check_positive_int(cols, "per-class")
     cols = min(cols, m.ipc)
     images = display_images(proxy)
     names = CLASS_NAMES.get(m.dataset, ())

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from nas_proxy.data import Split
-from nas_proxy.errors import NasProxyError
+from nas_proxy.data import Split, check_pair
+from nas_proxy.errors import NasProxyError, check_positive_int
 from nas_proxy.log import progress_bar
 from nas_proxy.plan import DataShape, ExecutionSettings, Run, outcome, plan_runs, train_runs
 from nas_proxy.proxies.artifact import ProxySet
@@ -21,17 +21,6 @@ from nas_proxy.space import DEFAULT_ARCH, ArchSpec
 from nas_proxy.train import RunOutcome, TrainConfig
 
 ModelCallback = Callable[[int, RunOutcome], None]
-
-
-def check_compatible(proxy: ProxySet, test: Split) -> None:
-    """Raise if the test split cannot score ``proxy`` (other image shape or class count)."""
-    shape, test_shape = tuple(proxy.images.shape[1:]), tuple(test.images.shape[1:])
-    if shape != test_shape:
-        raise NasProxyError(f"proxy images are {shape} but test images of {test.dataset} are {test_shape}")
-    if proxy.manifest.num_classes != test.num_classes:
-        raise NasProxyError(
-            f"proxy has {proxy.manifest.num_classes} classes but test set {test.dataset} has {test.num_classes}"
-        )
 
 
 def evaluate_proxy(
@@ -52,12 +41,11 @@ def evaluate_proxy(
     results as they come. The nets train as the execution plan says (:func:`nas_proxy.plan.plan_runs`:
     on a CPU one by one, or stacked where their blocks fuse; on a GPU stacked).
     """
-    if isinstance(models, bool) or not isinstance(models, int) or models < 1:
-        raise NasProxyError(f"models must be a positive integer, got {models!r}")
+    check_positive_int(models, "models")
     spec = ArchSpec.from_id(arch) if isinstance(arch, str) else arch
     config = config if config is not None else TrainConfig()
-    check_compatible(proxy, test)
     train = proxy.as_split(test.device)
+    check_pair(train, test, f"proxy {proxy.id}")
 
     runs = [Run(spec.id, seed + i) for i in range(models)]
     plan = plan_runs(runs, DataShape.of(test), ExecutionSettings(), test.device)
