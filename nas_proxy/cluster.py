@@ -34,12 +34,16 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as WaitTimeout
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import torch
+
+from nas_proxy.device import resolve_device
 from nas_proxy.errors import NasProxyError
 
 # How long to wait for the cluster: to connect, for a first worker, and with no worker left.
@@ -89,6 +93,7 @@ def source_digest() -> str:
 
 def package_fingerprint() -> str:
     """``0.1.0+<source digest>``: what client and workers must agree on."""
+    # Here, not at the top: the package sets __version__ after importing its modules.
     from nas_proxy import __version__
 
     return f"{__version__}+{source_digest()}"
@@ -111,9 +116,6 @@ class WorkerFacts:
 def worker_facts(device: str | None = None) -> dict[str, str]:
     """Run on a worker: versions, and the device it resolves (``device`` pinned, else its own default)."""
     import distributed
-    import torch
-
-    from nas_proxy.device import resolve_device
 
     try:
         dev, error = str(resolve_device(device)), ""
@@ -132,7 +134,6 @@ def worker_facts(device: str | None = None) -> dict[str, str]:
 
 def _client_facts() -> dict[str, str]:
     import distributed
-    import torch
 
     return {
         "nas_proxy": package_fingerprint(),
@@ -265,10 +266,6 @@ def check_address(address: str, timeout: float = DEFAULT_TIMEOUT) -> str:
 
 def _check_identity(address: str, timeout: float) -> None:
     """Ask a Dask server what it is (bounded by ``timeout``): a worker's or nanny's port is refused by name."""
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-    from concurrent.futures import TimeoutError as WaitTimeout
-
     from distributed.comm.core import connect as dask_connect
 
     async def identity() -> Any:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import logging
 import math
 import os
@@ -53,6 +54,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat  # the extension point RDBStorage implements
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, InternalError, NoSuchModuleError, ProgrammingError
 
 from nas_proxy.errors import NasProxyError
 
@@ -178,8 +181,6 @@ def default_storage(path: str | Path, heartbeat: int | None = DEFAULT_HEARTBEAT)
 def redact(url: str) -> str:
     """An RDB URL with its password as ``***``."""
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # an unparsable URL is reported as given
         return url
@@ -194,8 +195,6 @@ def resolve_storage(storage: str | Path | None, study_name: str) -> str:
     if "://" not in text:
         return str(Path(text).expanduser().resolve())
     if text.startswith("sqlite:"):
-        from sqlalchemy.engine import make_url
-
         url = make_url(text)
         if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
             url = url.set(database=str(Path(url.database).expanduser().resolve()))
@@ -205,11 +204,6 @@ def resolve_storage(storage: str | Path | None, study_name: str) -> str:
 
 def _driver_url(text: str) -> str:
     """The URL with a driver that is installed; a missing driver is named in one line."""
-    import importlib
-
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
     try:
         url = make_url(text)
         dialect = url.get_dialect()
@@ -240,8 +234,6 @@ def _driver_url(text: str) -> str:
 
 def rdb_storage(url: str, heartbeat: int | None = DEFAULT_HEARTBEAT) -> RDBStorage:
     """An RDB storage, its tables created if needed, tolerant of other workers creating them at the same time."""
-    from sqlalchemy.exc import IntegrityError, InternalError, ProgrammingError
-
     target = _driver_url(url)
     for attempt in range(RDB_ATTEMPTS):
         try:
