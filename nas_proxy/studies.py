@@ -54,10 +54,12 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat  # the extension point RDBStorage implements
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, InternalError, NoSuchModuleError, ProgrammingError
 
 from nas_proxy.errors import NasProxyError
+
+# SQLAlchemy (an Optuna requirement) is imported inside the functions for RDB URLs: a study on a
+# journal file, the default, never needs it, and its import would add a fraction of a second to the
+# start of every search worker.
 
 DEFAULT_STUDY_DIR = Path("results") / "studies"
 DEFAULT_HEARTBEAT = 60  # seconds between a running trial's heartbeats
@@ -181,6 +183,8 @@ def default_storage(path: str | Path, heartbeat: int | None = DEFAULT_HEARTBEAT)
 def redact(url: str) -> str:
     """An RDB URL with its password as ``***``."""
     try:
+        from sqlalchemy.engine import make_url
+
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # an unparsable URL is reported as given
         return url
@@ -195,6 +199,8 @@ def resolve_storage(storage: str | Path | None, study_name: str) -> str:
     if "://" not in text:
         return str(Path(text).expanduser().resolve())
     if text.startswith("sqlite:"):
+        from sqlalchemy.engine import make_url
+
         url = make_url(text)
         if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
             url = url.set(database=str(Path(url.database).expanduser().resolve()))
@@ -204,6 +210,9 @@ def resolve_storage(storage: str | Path | None, study_name: str) -> str:
 
 def _driver_url(text: str) -> str:
     """The URL with a driver that is installed; a missing driver is named in one line."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     try:
         url = make_url(text)
         dialect = url.get_dialect()
@@ -234,6 +243,8 @@ def _driver_url(text: str) -> str:
 
 def rdb_storage(url: str, heartbeat: int | None = DEFAULT_HEARTBEAT) -> RDBStorage:
     """An RDB storage, its tables created if needed, tolerant of other workers creating them at the same time."""
+    from sqlalchemy.exc import IntegrityError, InternalError, ProgrammingError
+
     target = _driver_url(url)
     for attempt in range(RDB_ATTEMPTS):
         try:
