@@ -34,13 +34,17 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as WaitTimeout
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from nas_proxy.errors import NasProxyError
+import torch
+
+from nas_proxy.device import resolve_device
+from nas_proxy.errors import NasProxyError, one_line
 
 # How long to wait for the cluster: to connect, for a first worker, and with no worker left.
 DEFAULT_TIMEOUT = 30.0
@@ -89,6 +93,7 @@ def source_digest() -> str:
 
 def package_fingerprint() -> str:
     """``0.1.0+<source digest>``: what client and workers must agree on."""
+    # Here, not at the top: the package sets __version__ after importing its modules.
     from nas_proxy import __version__
 
     return f"{__version__}+{source_digest()}"
@@ -111,9 +116,6 @@ class WorkerFacts:
 def worker_facts(device: str | None = None) -> dict[str, str]:
     """Run on a worker: versions, and the device it resolves (``device`` pinned, else its own default)."""
     import distributed
-    import torch
-
-    from nas_proxy.device import resolve_device
 
     try:
         dev, error = str(resolve_device(device)), ""
@@ -132,7 +134,6 @@ def worker_facts(device: str | None = None) -> dict[str, str]:
 
 def _client_facts() -> dict[str, str]:
     import distributed
-    import torch
 
     return {
         "nas_proxy": package_fingerprint(),
@@ -155,9 +156,9 @@ def _checked_call(expected: str, fn: Callable[..., _R], *args: Any) -> _R:
     return fn(*args)
 
 
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _reason(exc: BaseException) -> str:
+    """Another library's error, quoted in one of ours: its type and message on one line."""
+    return one_line(f"{type(exc).__name__}: {exc}", 300)
 
 
 def _problems(facts: dict[str, Any], client: dict[str, str]) -> list[str]:
@@ -166,7 +167,7 @@ def _problems(facts: dict[str, Any], client: dict[str, str]) -> list[str]:
     for addr, f in sorted(facts.items()):
         if isinstance(f, BaseException):
             out.append(
-                f"worker {addr} cannot run nas-proxy ({_one_line(f)}); install nas-proxy "
+                f"worker {addr} cannot run nas-proxy ({_reason(f)}); install nas-proxy "
                 f"{client['nas_proxy'].split('+')[0]} there"
             )
         elif f["nas_proxy"] != client["nas_proxy"]:
@@ -265,10 +266,6 @@ def check_address(address: str, timeout: float = DEFAULT_TIMEOUT) -> str:
 
 def _check_identity(address: str, timeout: float) -> None:
     """Ask a Dask server what it is (bounded by ``timeout``): a worker's or nanny's port is refused by name."""
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-    from concurrent.futures import TimeoutError as WaitTimeout
-
     from distributed.comm.core import connect as dask_connect
 
     async def identity() -> Any:
@@ -289,7 +286,7 @@ def _check_identity(address: str, timeout: float) -> None:
     except (TimeoutError, WaitTimeout) as exc:
         raise NasProxyError(f"{address} did not say what it is within {timeout:g} s: not a Dask scheduler?") from exc
     except Exception as exc:  # a refused connection, a TLS scheme without certificates, ...
-        raise NasProxyError(f"cannot talk to a Dask scheduler at {address} ({_one_line(exc)})") from exc
+        raise NasProxyError(f"cannot talk to a Dask scheduler at {address} ({_reason(exc)})") from exc
     finally:
         pool.shutdown(wait=False)
     kind = reply.get("type") if isinstance(reply, dict) else None
@@ -502,7 +499,7 @@ def _check_workers(session: DaskSession, addresses: Sequence[str] | None = None)
     try:
         got = client.run(worker_facts, session.device, workers=addresses, on_error="return")
     except Exception as exc:
-        raise ClusterError(f"cannot ask the Dask workers of {session.address} who they are ({_one_line(exc)})") from exc
+        raise ClusterError(f"cannot ask the Dask workers of {session.address} who they are ({_reason(exc)})") from exc
     problems = _problems(got, _client_facts())
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -544,7 +541,7 @@ def connect(
             client = Client(address, timeout=f"{timeout}s", set_as_default=False)  # type: ignore[no-untyped-call]
         except Exception as exc:  # a Dask worker's port, a refused TLS handshake, ...
             raise NasProxyError(
-                f"{address} speaks Dask but did not take a client ({_one_line(exc)}); give the scheduler's address"
+                f"{address} speaks Dask but did not take a client ({_reason(exc)}); give the scheduler's address"
             ) from exc
         session = DaskSession(client, address, True, device, timeout)
     else:

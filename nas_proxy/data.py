@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from nas_proxy.device import resolve_device
 from nas_proxy.errors import DataNotFoundError, NasProxyError, UnknownNameError, one_line
@@ -191,6 +192,8 @@ _HOW_TO_GET = {
 
 
 def _torchvision_arrays(name: str, root: Path) -> RawArrays:
+    # Here, not at the top: importing torchvision's datasets takes seconds on top of torch's, and
+    # only a download of a named dataset needs them (idx folders and .npz files do not).
     import torchvision.datasets as tvd
 
     def load(train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -226,8 +229,6 @@ def _npz_arrays(path: Path) -> RawArrays:
 
 def _read_image(path: Path) -> np.ndarray:
     """One image file as an (H, W) or (H, W, C) array; palettes and alpha become RGB."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             return np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB"))

@@ -34,13 +34,16 @@ from joblib import Parallel, delayed
 
 from nas_proxy import zero_cost
 from nas_proxy.cluster import DEFAULT_TIMEOUT, ClusterError, DaskSession, connect
-from nas_proxy.data import Split, check_pair
+from nas_proxy.data import DATASETS, Split, check_pair, load_dataset
 from nas_proxy.device import on_cpu, resolve_device
 from nas_proxy.errors import NasProxyError
+from nas_proxy.groundtruth import load_ground_truth
 from nas_proxy.log import progress_bar
 from nas_proxy.microbatch import keep_freed_memory
 from nas_proxy.plan import DataShape, ExecutionPlan, ExecutionSettings, Run, Trainer, plan_runs, train_task
 from nas_proxy.protocol import Invocation, RunProtocol, SourceRecord, StoredConfig
+from nas_proxy.proxies import load_proxy
+from nas_proxy.proxies.artifact import check_dataset
 from nas_proxy.sources import (
     FULL_ID,
     TrainingSource,
@@ -48,7 +51,7 @@ from nas_proxy.sources import (
     full_source,
     proxy_source,
 )
-from nas_proxy.space import ArchSpec
+from nas_proxy.space import ArchSpec, load_space
 from nas_proxy.stacked import FastOptions
 from nas_proxy.store import ResultsStore, RunRow, ScoreRow, now_iso
 from nas_proxy.train import RunOutcome, TrainConfig, parse_curve, train_and_evaluate
@@ -655,12 +658,6 @@ def run_evaluation(
     With ``backend="dask"`` (see :func:`evaluate`) the data is loaded on the CPU here and each
     worker moves it to its own device.
     """
-    from nas_proxy.data import DATASETS, load_dataset
-    from nas_proxy.groundtruth import load_ground_truth
-    from nas_proxy.proxies import load_proxy
-    from nas_proxy.proxies.artifact import check_dataset
-    from nas_proxy.space import load_space
-
     # Cheap checks first: names and files, before any data is loaded (the settings checked themselves).
     execution = execution or ExecutionSettings()
     dask = execution.backend == "dask"

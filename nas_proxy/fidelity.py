@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from nas_proxy.metrics import Comparison, compare, curve_steps, seed_pairs, seed_table
+from nas_proxy.metrics import Comparison, compare, curve_steps, seed_pairs, seed_table, seed_to_seed
 from nas_proxy.protocol import SourceRecord
 
 # The issue's bar for "converged" (between E/2 and E): over all candidates, and over the top half.
@@ -194,11 +194,9 @@ def seed_noise(
     """
     table = seed_table(rows)
     out: dict[str, float] = {"seeds": float(table.shape[1])}
-    pairs = seed_pairs(table)
-    if pairs:
-        a, b = pairs[0]
-        both = table[[a, b]].dropna()
-        v, lo, hi = _value(compare(both[a], both[b], topk=("all",), n_boot=n_boot, seed=seed), "spearman", "all")
+    ceiling = seed_to_seed(table, topk=("all",), n_boot=n_boot, seed=seed)
+    if ceiling is not None:
+        v, lo, hi = _value(ceiling, "spearman", "all")
         out.update(seed_to_seed=v, seed_to_seed_low=lo, seed_to_seed_high=hi)
     else:
         out.update(seed_to_seed=math.nan, seed_to_seed_low=math.nan, seed_to_seed_high=math.nan)

@@ -9,9 +9,9 @@ overhead- and memory-bound; elsewhere callers keep PyTorch's kernels.
 their backwards) streams the whole activation through memory, ten passes over a 16 MB map for a
 stack of 5 ConvNet-D3-W8 on 100 images. ``csrc/norm_act_pool.c`` does the block one group of
 channels at a time while it sits in cache, and recomputes the activation in the backward instead
-of storing it. One thread, 100 images of 40 channels at 32x32: forward plus backward 4.0 ms
-against 14.3 ms for PyTorch's kernels (16x16: 1.5 against 3.1 ms), equal to them to float
-rounding (1e-7 relative), not bit for bit: the sums run in another order.
+of storing it: faster than PyTorch's kernels at 32x32 and 16x16 (the figures are in
+results/benchmarks/README.md), equal to them to float rounding (1e-7 relative), not bit for bit:
+the sums run in another order.
 
 The C file is compiled at first use with the system's C compiler (``$CC``, else ``cc``) into a
 cache folder (``$NAS_PROXY_CACHE``, else ``~/.cache/nas_proxy``), keyed by the source, the
@@ -41,8 +41,8 @@ from nas_proxy.device import on_cpu
 SOURCE = Path(__file__).parent / "csrc" / "norm_act_pool.c"
 # Rows are staged in fixed buffers of this many floats in the C code.
 MAX_WIDTH = 4096
-# Narrower maps run faster in PyTorch's kernels (8x8: 0.83 against 0.61 ms): the C loops work
-# on rows of 16 floats.
+# Narrower maps (8x8) run faster in PyTorch's kernels (figures in results/benchmarks/README.md):
+# the C loops work on rows of 16 floats.
 MIN_WIDTH = 16
 _FLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC")
 
@@ -222,11 +222,12 @@ def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """``F.avg_pool2d(x, 2, 2)``, bit for bit, faster on a CPU for narrow nets.
 
     PyTorch's NCHW pooling kernel walks one output at a time and dominated a narrow ConvNet's
-    step. Two exact replacements, forward plus backward 2-3x faster: one GEMM of each pair of
-    image rows with a fixed (2W, W/2) matrix of 0.25s (the fastest), and three strided adds in the
-    kernel's own order (``((x00 + x01) + x10) + x11``, then ``/ 4``). A GEMM may sum a window's four
-    products in another order, which depends on the BLAS and the shape (this project's CPU: exact
-    at widths 16 and 32, not 14), so the GEMM is used for a shape only after a random probe of that
+    step. Two exact replacements, faster forward plus backward (figures in
+    results/benchmarks/README.md): one GEMM of each pair of image rows with a fixed (2W, W/2)
+    matrix of 0.25s (the fastest), and three strided adds in the kernel's own order
+    (``((x00 + x01) + x10) + x11``, then ``/ 4``). A GEMM may sum a window's four products in
+    another order, which depends on the BLAS and the shape (this project's CPU: exact at widths 16
+    and 32, not 14), so the GEMM is used for a shape only after a random probe of that
     shape came out identical to the kernel (its backward is exact anyway: one product per input).
     Without autograd (testing) the strided adds serve: shapes seen once do not repay a probe.
     Odd sizes (floor mode drops a row or column) and other devices keep the plain kernel.

@@ -228,6 +228,8 @@ def progress_bar(
     """A tqdm bar at a terminal, :class:`LineProgress` lines elsewhere, nothing when not ``enabled``."""
     stream = stream if stream is not None else sys.stderr
     if enabled and is_terminal(stream):
+        # Here, not at the top: the CLI imports this module for `--help`, which stays free of
+        # tqdm's import; only a terminal's bar needs it.
         from tqdm.auto import tqdm
 
         bar: Progress = tqdm(

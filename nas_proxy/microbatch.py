@@ -2,15 +2,16 @@
 
 On Linux, glibc serves each large tensor with a fresh ``mmap`` and returns it to the OS when freed,
 so every training step of a wide net faults in hundreds of MB of zeroed pages: at
-ConvNet-D3-W128 a batch of 256 Fashion-MNIST images has 103 MB per first-block activation, and the
-step took 600 ms with the default allocator against 287 ms with glibc's mmap turned off. Pieces
-whose widest activation is a few MiB stay in memory the allocator reuses. Their summed gradients
-are the batch's gradient up to float rounding, and peak memory drops with them. On the project's
-2-core EPYC a training step got 1.2x-2.0x faster from width 8 to 256, and DC's real gradient 1.8x.
-A user's process keeps its allocator settings; this needs none. Our own worker processes raise
-glibc's mmap threshold instead (:func:`keep_freed_memory`), and their pieces may then be larger:
-the execution plan (:mod:`nas_proxy.plan`) says which budget a run gets, so a run's float rounding
-follows from its plan, never from what the process did before.
+ConvNet-D3-W128 a batch of 256 Fashion-MNIST images has 103 MB per first-block activation, and
+with the default allocator the page faults took a large share of the step (against glibc's mmap
+turned off). Pieces whose widest activation is a few MiB stay in memory the allocator reuses.
+Their summed gradients are the batch's gradient up to float rounding, and peak memory drops with
+them. On the project's CPU a training step got faster from width 8 to 256, and so did DC's real
+gradient (the figures are in results/benchmarks/README.md). A user's process keeps its allocator
+settings; this needs none. Our own worker processes raise glibc's mmap threshold instead
+(:func:`keep_freed_memory`), and their pieces may then be larger: the execution plan
+(:mod:`nas_proxy.plan`) says which budget a run gets, so a run's float rounding follows from its
+plan, never from what the process did before.
 
 Only nets whose layers treat images independently may be split: BatchNorm in training mode
 normalises with its batch's statistics, so such batches stay whole (:func:`splittable`). A GPU
@@ -30,13 +31,14 @@ from nas_proxy.device import on_cpu
 from nas_proxy.space import ArchSpec
 
 # The widest activation of one micro-batch. 4 MiB was the fastest budget measured over widths
-# 8-256 with glibc's default allocator (8 MiB pieces were up to 1.7x slower at W32: glibc's
-# dynamic mmap threshold does not always cover them; smaller ones add per-call overhead).
+# 8-256 with glibc's default allocator (8 MiB pieces were slower at W32: glibc's dynamic mmap
+# threshold does not always cover them; smaller ones add per-call overhead). The figures behind
+# this and the next budget are in results/benchmarks/README.md.
 MICRO_BATCH_BYTES = 4 << 20
 # The same in a process that keeps its freed memory: pieces up to 16 MiB cost the same there from
-# width 8 to 256 (one thread, batch 256), and stacked narrow nets run whole batches again (a worker's
-# 5 stacked ConvNet-D3-W8 on 100 images: 6.9 ms a model-step in 4 MiB pieces, 5.9-6.4 ms whole).
-# 32 MiB pieces reach glibc's mmap threshold again (W32: 141 ms against 85 ms a step).
+# width 8 to 256 (one thread, batch 256), and stacked narrow nets run whole batches again (a
+# worker's 5 stacked ConvNet-D3-W8 on 100 images step faster whole than in 4 MiB pieces). 32 MiB
+# pieces reach glibc's mmap threshold again and are slower.
 KEPT_MEMORY_MICRO_BATCH_BYTES = 16 << 20
 
 

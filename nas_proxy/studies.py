@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import logging
 import math
 import os
@@ -55,6 +56,10 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from nas_proxy.errors import NasProxyError
+
+# SQLAlchemy (an Optuna requirement) is imported inside the functions for RDB URLs: a study on a
+# journal file, the default, never needs it, and its import would add a fraction of a second to the
+# start of every search worker.
 
 DEFAULT_STUDY_DIR = Path("results") / "studies"
 DEFAULT_HEARTBEAT = 60  # seconds between a running trial's heartbeats
@@ -205,8 +210,6 @@ def resolve_storage(storage: str | Path | None, study_name: str) -> str:
 
 def _driver_url(text: str) -> str:
     """The URL with a driver that is installed; a missing driver is named in one line."""
-    import importlib
-
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 

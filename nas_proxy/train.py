@@ -171,8 +171,9 @@ def train_model(
     """Train ``model`` in place on ``train`` (already on the model's device).
 
     On a CPU a batch of a net without batch statistics runs in micro-batches of a few MiB
-    (:mod:`nas_proxy.microbatch`): the plain loop's gradient up to float rounding, 1.2-2x faster
-    from width 16 up; narrow nets on a 100-image proxy run whole batches, as the plain loop.
+    (:mod:`nas_proxy.microbatch`): the plain loop's gradient up to float rounding, faster from
+    width 16 up (figures in results/benchmarks/README.md); narrow nets on a 100-image proxy run
+    whole batches, as the plain loop.
 
     Stops early and reports ``diverged`` when the loss turns non-finite. The finiteness check
     runs once an epoch so a GPU never waits on the host inside the loop. ``on_epoch(epoch,
@@ -224,9 +225,9 @@ def train_model(
 
 
 # Test images per forward on a CPU: enough to keep the widest activation about this many bytes,
-# i.e. in cache. Measured on the project's CPU against batches of 2048: 1.8-3.2x faster over eight
-# ConvNets (widths 4 to 128, every norm), the same logits bit for bit (each image's output does not
-# depend on its batch in eval mode).
+# i.e. in cache: faster than batches of 2048 on the project's CPU over eight ConvNets (widths 4 to
+# 128, every norm; figures in results/benchmarks/README.md), the same logits bit for bit (each
+# image's output does not depend on its batch in eval mode).
 CPU_EVAL_BYTES = 8 * 1024 * 1024
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,17 @@ def _sources(train: Split, cfg: TrainConfig = CFG) -> list[TrainingSource]:
     return [ps, *early_stopping_sources([ps], train, cfg), full_source(train, cfg)]
 
 
+def _interrupt_after(n: int, seen: list[RunRow]) -> Callable[[RunRow], None]:
+    """An ``on_result`` that appends each stored row to ``seen`` and, at the ``n``-th, stops the run as Ctrl-C does."""
+
+    def on_result(row: RunRow) -> None:
+        seen.append(row)
+        if len(seen) == n:
+            raise KeyboardInterrupt
+
+    return on_result
+
+
 def _results(out: Path) -> pd.DataFrame:
     frame = ResultsStore(out).frame()
     return frame[RESULT_COLUMNS].sort_values(["source_id", "arch_id", "seed"]).reset_index(drop=True)
@@ -52,16 +64,9 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(
     train, test = data
     sources = _sources(train)
     seen: list[RunRow] = []
-
-    def interrupt_after_five(row: RunRow) -> None:
-        seen.append(row)
-        if len(seen) == 5:
-            raise KeyboardInterrupt
-
+    stop = _interrupt_after(5, seen)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(
-            specs, sources, test, out_dir=tmp_path / "a", seeds=[0, 1], progress=False, on_result=interrupt_after_five
-        )
+        evaluate(specs, sources, test, out_dir=tmp_path / "a", seeds=[0, 1], progress=False, on_result=stop)
     assert len(ResultsStore(tmp_path / "a").rows()) == 5  # everything finished is kept
 
     trained: list[RunRow] = []
@@ -468,15 +473,9 @@ def test_a_report_of_an_unfinished_run_says_it_is_partial(
 ) -> None:
     train, test = data
     sources = [full_source(train, CFG)]
-    seen: list[RunRow] = []
-
-    def stop_after_three(row: RunRow) -> None:
-        seen.append(row)
-        if len(seen) == 3:
-            raise KeyboardInterrupt
-
+    stop = _interrupt_after(3, [])
     with pytest.raises(KeyboardInterrupt):
-        evaluate(specs, sources, test, out_dir=tmp_path, seeds=[0, 1], progress=False, on_result=stop_after_three)
+        evaluate(specs, sources, test, out_dir=tmp_path, seeds=[0, 1], progress=False, on_result=stop)
     report = build_report(tmp_path, n_boot=10)
     assert report.incomplete == ("whole data: 3 of 8 planned runs stored",)
     assert report.markdown().splitlines()[2].startswith("**PARTIAL: this run is still in progress")

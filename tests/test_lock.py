@@ -69,7 +69,7 @@ def test_second_evaluate_on_one_directory_exits_2_at_once_naming_the_other_proce
     def no_loading(*args: object, **kwargs: object) -> None:
         raise AssertionError("refused only after loading the data")
 
-    monkeypatch.setattr("nas_proxy.data.load_dataset", no_loading)
+    monkeypatch.setattr("nas_proxy.evaluate.load_dataset", no_loading)  # where run_evaluation looks it up
     argv = ["evaluate", "--space", "tiny", "--dataset", "synthetic", "--full", "--epochs", "1", "--out", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -281,7 +281,9 @@ def test_a_killed_search_worker_trial_is_failed_and_run_again(proxy_file: Path, 
         if journal.exists():
             study = optuna.load_study(study_name="shared", storage=default_storage(journal))
             running = study.get_trials(states=(TrialState.RUNNING,))
-            killed = next((t for t in running if t.user_attrs.get("worker") == tag and t.params), None)
+            # Its architecture complete (arch_id is set after the last suggest): a kill between two
+            # suggests would leave the lost trial with fewer parameters than its retry.
+            killed = next((t for t in running if t.user_attrs.get("worker") == tag and "arch_id" in t.user_attrs), None)
         time.sleep(0.1)
     os.kill(victim.pid, signal.SIGKILL)
     victim.communicate(timeout=30)

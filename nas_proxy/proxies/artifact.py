@@ -196,6 +196,7 @@ def make_proxy_set(
     origin: dict[str, Any] | None = None,
 ) -> ProxySet:
     """Wrap built (or imported: ``origin``) tensors, moved to CPU as float32, with a complete manifest."""
+    # Here, not at the top: the package sets __version__ after importing its modules.
     from nas_proxy import __version__
 
     images = images.detach().to("cpu", torch.float32).contiguous()

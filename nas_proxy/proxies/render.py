@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 
 from nas_proxy.errors import check_positive_int
 from nas_proxy.proxies.artifact import ProxySet
@@ -41,11 +42,6 @@ def display_images(proxy: ProxySet) -> torch.Tensor:
 
 def save_grid(proxy: ProxySet, path: str | Path, per_class: int | None = None, dpi: int = 100) -> Path:
     """Write a PNG grid: one row per class (labelled), ``per_class`` images of it (default: all)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
     m = proxy.manifest
     cols = m.ipc if per_class is None else per_class
     check_positive_int(cols, "per-class")
@@ -56,7 +52,9 @@ def save_grid(proxy: ProxySet, path: str | Path, per_class: int | None = None, d
     # Fixed margins in inches (class names on the left, title on top); cells 0.8 in square.
     cell, left, top = 0.8, 1.1, 0.4
     width, height = left + cols * cell + 0.1, top + rows * cell + 0.1
-    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+    # A bare Figure (no pyplot): files only, never a display, and the process's backend untouched.
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(rows, cols, squeeze=False)
     fig.subplots_adjust(
         left=left / width, right=1 - 0.1 / width, top=1 - top / height, bottom=0.1 / height, wspace=0.05, hspace=0.05
     )
@@ -80,7 +78,6 @@ def save_grid(proxy: ProxySet, path: str | Path, per_class: int | None = None, d
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
-    plt.close(fig)
     return out
 
 
