@@ -146,7 +146,19 @@ def converged(table: pd.DataFrame) -> tuple[bool, str]:
     bar = f"(the bar: {CONVERGED_ALL} over all, {CONVERGED_TOP_HALF} over the top half)"
     if ok:
         return True, f"converged: {figures} {bar}"
-    return False, f"NOT converged by that bar: {figures} {bar}; read the ground truth as a {last:g}-epoch one"
+    # Say which statistic falls short: Kendall's tau runs well below Spearman's rho on the same
+    # ranking, so a ground truth can pass on one and fail on the other.
+    names = {
+        "spearman_all": ("Spearman over all", CONVERGED_ALL),
+        "kendall_all": ("Kendall over all", CONVERGED_ALL),
+        "spearman_top_half": ("Spearman over the top half", CONVERGED_TOP_HALF),
+        "kendall_top_half": ("Kendall over the top half", CONVERGED_TOP_HALF),
+    }
+    short = ", ".join(f"{name} ({worst[c]:.3f} < {bar_})" for c, (name, bar_) in names.items() if worst[c] < bar_)
+    return False, (
+        f"NOT converged by that bar: {figures} {bar}; short of it: {short}; "
+        f"read the ground truth as a {last:g}-epoch one"
+    )
 
 
 def proxy_epoch_table(

@@ -102,3 +102,20 @@ def test_proxy_epochs_and_seed_noise() -> None:
 def test_steps_per_epoch_from_a_protocol_entry() -> None:
     assert steps_per_epoch({"train_images": 60000, "config": {"batch_size": 256}}) == 235
     assert steps_per_epoch({"config": {}}) is None
+
+
+def test_a_failed_verdict_names_the_statistics_that_fall_short() -> None:
+    table = pd.DataFrame(
+        {
+            "step": [5, 10],
+            "epoch": [1.0, 2.0],
+            "spearman_all": [0.99, 1.0],
+            "kendall_all": [0.93, 1.0],
+            "spearman_top_half": [0.92, 1.0],
+            "kendall_top_half": [0.80, 1.0],
+        }
+    )
+    ok, text = converged(table)
+    assert not ok
+    assert "short of it: Kendall over all (0.930 < 0.95), Kendall over the top half (0.800 < 0.9)" in text
+    assert "Spearman over" not in text.split("short of it:")[1]
