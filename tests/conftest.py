@@ -27,3 +27,19 @@ def tiny_data() -> tuple[Split, Split]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[Split, Split]:
+    """The stacked-network tests' data: 100 training images, 50 test."""
+    return make_synthetic(num_classes=10, train_per_class=10, test_per_class=5, seed=1)
+
+
+@pytest.fixture(params=[False, True], ids=["whole-batches", "micro-batches"])
+def micro(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run a test as is, and again with micro-batches forced (a W8 model's pieces of 7 images)."""
+    if request.param:
+        import nas_proxy.microbatch as microbatch
+
+        monkeypatch.setattr(microbatch, "MICRO_BATCH_BYTES", 7 * 8 * 28 * 28 * 4)
+    return bool(request.param)

@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 import torch
 
+# One of every norm, every pool, every activation; all tiny.
+from stacked_cases import FULL_BATCH, MINI_BATCH, SPECS, assert_same_outcomes
+
 from nas_proxy import kernels
-from nas_proxy.data import Split, make_synthetic
+from nas_proxy.data import Split
 from nas_proxy.errors import NasProxyError, UnknownNameError
 from nas_proxy.microbatch import KEPT_MEMORY_MICRO_BATCH_BYTES, MICRO_BATCH_BYTES
 from nas_proxy.models import build_model, count_flops
@@ -38,41 +41,6 @@ from nas_proxy.plan import (
 from nas_proxy.space import ArchSpec, load_space
 from nas_proxy.stacked import FastOptions, StackedConvNets, group_key, step_memory, train_stacked
 from nas_proxy.train import RunOutcome, TrainConfig, train_and_evaluate, train_model
-
-# One of every norm, every pool, every activation; all tiny.
-SPECS = [
-    "ConvNet-D2-W8-AR-IN-AP",
-    "ConvNet-D2-W4-AS-BN-MP",
-    "ConvNet-D1-W4-AL-LN-NP",
-    "ConvNet-D2-W4-AR-GN-AP",
-    "ConvNet-D1-W4-AR-NN-NP",
-]
-FULL_BATCH = TrainConfig(epochs=6, batch_size=256)  # 100 images: one step an epoch, as the NAS protocol
-MINI_BATCH = TrainConfig(epochs=2, batch_size=32)  # several differently ordered batches per epoch
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[Split, Split]:
-    return make_synthetic(num_classes=10, train_per_class=10, test_per_class=5, seed=1)
-
-
-@pytest.fixture(params=[False, True], ids=["whole-batches", "micro-batches"])
-def micro(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Run a test as is, and again with micro-batches forced (a W8 model's pieces of 7 images)."""
-    if request.param:
-        import nas_proxy.microbatch as microbatch
-
-        monkeypatch.setattr(microbatch, "MICRO_BATCH_BYTES", 7 * 8 * 28 * 28 * 4)
-    return bool(request.param)
-
-
-def assert_same_outcomes(a: list[RunOutcome], b: list[RunOutcome], n_test: int) -> None:
-    assert [o.status for o in a] == [o.status for o in b]
-    assert [o.steps for o in a] == [o.steps for o in b]
-    assert [o.params for o in a] == [o.params for o in b]
-    for x, y in zip(a, b, strict=True):
-        if x.status == "ok":  # float drift may move at most one test image across a boundary
-            assert abs(x.accuracy - y.accuracy) <= 1 / n_test + 1e-9
 
 
 @pytest.mark.skipif(not kernels.available(), reason="no C compiler here: PyTorch's kernels serve")
