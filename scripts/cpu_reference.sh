@@ -42,9 +42,12 @@ builds() {
   build $P/fashionmnist-herding-ipc10-s0-e5.npz --method herding --ipc 10 --set embed_arch=ConvNet-D3-W32-AR-IN-AP --set embed_epochs=5
   build $P/fashionmnist-kcenter-ipc10-s0-e5.npz --method kcenter --ipc 10 --set embed_arch=ConvNet-D3-W32-AR-IN-AP --set embed_epochs=5
   build $P/fashionmnist-forgetting-ipc10-s0-e5.npz --method forgetting --ipc 10 --set arch=ConvNet-D3-W32-AR-IN-AP --set epochs=5
-  # Condensation: 100 iterations of DC and DSA (the paper's loops, outer 10 / inner 50) on the W32 net.
-  build $P/fashionmnist-dc-ipc10-s0-it100.npz --method dc --ipc 10 --set iterations=100 --set init=real --set arch=ConvNet-D3-W32-AR-IN-AP
-  build $P/fashionmnist-dsa-ipc10-s0-it100.npz --method dsa --ipc 10 --set iterations=100 --set init=real --set arch=ConvNet-D3-W32-AR-IN-AP
+  # Condensation: 50 iterations of DC and DSA (the paper's loops, outer 10 / inner 50) on the W32 net.
+  # 50, not the 100 issue 17 aimed at: one iteration costs about 62 s on one quiet core, so 100
+  # iterations each (3.4 core-hours) would take the experiment to about 5.8 h against its 5 h budget;
+  # 50 (1.7 core-hours) keeps it near 5 h. Five times the 10 iterations of the old table.
+  build $P/fashionmnist-dc-ipc10-s0-it50.npz --method dc --ipc 10 --set iterations=50 --set init=real --set arch=ConvNet-D3-W32-AR-IN-AP
+  build $P/fashionmnist-dsa-ipc10-s0-it50.npz --method dsa --ipc 10 --set iterations=50 --set init=real --set arch=ConvNet-D3-W32-AR-IN-AP
   build $P/fashionmnist-dm-ipc10-s0-it2000.npz --method dm --ipc 10 --set iterations=2000 --set batch_real=64
   build $P/fashionmnist-dm-ipc1-s0-it2000.npz --method dm --ipc 1 --set iterations=2000 --set batch_real=64
   build $P/fashionmnist-dm-ipc50-s0-it2000.npz --method dm --ipc 50 --set iterations=2000 --set batch_real=64
@@ -52,8 +55,8 @@ builds() {
 
 proxies() {
   local args=()
-  for f in random-ipc10-s0 herding-ipc10-s0-e5 kcenter-ipc10-s0-e5 forgetting-ipc10-s0-e5 dc-ipc10-s0-it100 \
-           dsa-ipc10-s0-it100 dm-ipc10-s0-it2000 random-ipc1-s0 random-ipc50-s0 dm-ipc1-s0-it2000 dm-ipc50-s0-it2000; do
+  for f in random-ipc10-s0 herding-ipc10-s0-e5 kcenter-ipc10-s0-e5 forgetting-ipc10-s0-e5 dc-ipc10-s0-it50 \
+           dsa-ipc10-s0-it50 dm-ipc10-s0-it2000 random-ipc1-s0 random-ipc50-s0 dm-ipc1-s0-it2000 dm-ipc50-s0-it2000; do
     args+=(--proxy "$P/fashionmnist-$f.npz")
   done
   # 100 epochs on each proxy (the paper), recorded at 10, 25 and 50: is 100 needed?
