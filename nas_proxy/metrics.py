@@ -40,7 +40,7 @@ Definitions (documented once, used everywhere):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -150,13 +150,18 @@ def _kendall_rows(x: np.ndarray, y: np.ndarray, chunk_elements: int = 4_000_000)
 _KENDALL_VECTOR_MAX = 150
 
 
-def _resampled(x: np.ndarray, y: np.ndarray, idx: np.ndarray, method: str) -> np.ndarray:
-    """``correlation`` of every resample ``x[i], y[i]`` for the rows ``i`` of ``idx``, vectorized where possible."""
+def _correlation_rows(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
+    """``correlation`` of each row pair of two (resamples, n) arrays, vectorized where possible."""
     if method == "spearman":
-        return _spearman_rows(x[idx], y[idx])
-    if method == "kendall" and x.shape[0] <= _KENDALL_VECTOR_MAX:
-        return _kendall_rows(x[idx], y[idx])
-    return np.array([correlation(x[i], y[i], method) for i in idx])
+        return _spearman_rows(x, y)
+    if method == "kendall" and x.shape[1] <= _KENDALL_VECTOR_MAX:
+        return _kendall_rows(x, y)
+    return np.array([correlation(a, b, method) for a, b in zip(x, y, strict=True)])
+
+
+def _resampled(x: np.ndarray, y: np.ndarray, idx: np.ndarray, method: str) -> np.ndarray:
+    """``correlation`` of every resample ``x[i], y[i]`` for the rows ``i`` of ``idx``."""
+    return _correlation_rows(x[idx], y[idx], method)
 
 
 def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
@@ -187,6 +192,44 @@ def bootstrap_interval(
     return _percentiles(_resampled(x, y, idx, method), level)
 
 
+def _paired_interval(
+    x: np.ndarray,
+    y: np.ndarray,
+    t: np.ndarray,
+    value_of: Callable[[np.ndarray, np.ndarray], float],
+    rows_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    n_boot: int,
+    seed: int,
+    level: float,
+) -> Interval:
+    """``stat(x, t) - stat(y, t)`` with a paired percentile bootstrap (one resample scores both)."""
+    value = value_of(x, t) - value_of(y, t)
+    n = len(x)
+    if math.isnan(value) or n_boot < 1 or n == 0:
+        return Interval(value, float("nan"), float("nan"))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    low, high = _percentiles(rows_of(x[idx], t[idx]) - rows_of(y[idx], t[idx]), level)
+    return Interval(value, low, high)
+
+
+def _common_finite(
+    a: pd.Series, b: pd.Series, truth: pd.Series
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates all three score finitely (sorted ids), and the three scores over them."""
+    ok = [s[np.isfinite(s.astype(float))] for s in (a, b, truth)]
+    common = sorted(set(ok[0].index) & set(ok[1].index) & set(ok[2].index))
+    x, y, t = (s[common].astype(float).to_numpy() for s in (a, b, truth))
+    return [str(i) for i in common], x, y, t
+
+
+def _correlation_stat(method: str) -> tuple[Callable[[np.ndarray, np.ndarray], float], Callable[..., np.ndarray]]:
+    return (lambda u, v: correlation(u, v, method)), (lambda u, v: _correlation_rows(u, v, method))
+
+
+def _overlap_stat(k: int) -> tuple[Callable[[np.ndarray, np.ndarray], float], Callable[..., np.ndarray]]:
+    return (lambda u, v: float(_overlap_rows(u[None], v[None], k)[0])), (lambda u, v: _overlap_rows(u, v, k))
+
+
 def paired_difference(
     a: pd.Series,
     b: pd.Series,
@@ -203,16 +246,51 @@ def paired_difference(
     of the difference itself (their errors are correlated: same candidates, same ground truth),
     not of two independent intervals side by side.
     """
-    ok = a.notna() & np.isfinite(a.astype(float))
-    common = sorted(set(a.index[ok]) & set(b.dropna().index) & set(truth.index))
-    x, y, t = (s[common].astype(float).to_numpy() for s in (a, b, truth))
-    value = correlation(x, t, method) - correlation(y, t, method)
-    n = len(common)
-    if math.isnan(value) or n_boot < 1:
-        return Interval(value, float("nan"), float("nan"))
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    low, high = _percentiles(_resampled(x, t, idx, method) - _resampled(y, t, idx, method), level)
-    return Interval(value, low, high)
+    _, x, y, t = _common_finite(a, b, truth)
+    return _paired_interval(x, y, t, *_correlation_stat(method), n_boot, seed, level)
+
+
+def paired_differences(
+    a: pd.Series,
+    b: pd.Series,
+    truth: pd.Series,
+    *,
+    topk: Sequence[str] = DEFAULT_TOPK,
+    methods: Sequence[str] = METHODS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    min_topk: int = MIN_TOPK_CORRELATION,
+) -> dict[str, Interval]:
+    """Every statistic of :func:`compare` for ranker ``a`` minus ranker ``b``, each with a paired bootstrap.
+
+    Keys: ``"<method> <k>"`` (a correlation over the top-k by ``truth``; left out below
+    ``min_topk``, as :func:`compare` shows it n/a), ``"overlap <k>"`` and ``"regret"``. Each is
+    resampled as :func:`compare` resamples it (correlations within the fixed top-k set; overlaps
+    and regret over all candidates, the sets and the pick found again), one draw per resample
+    shared by ``a`` and ``b``: the interval is of the difference, not of two estimates side by
+    side. Positive is better for correlations and overlaps, negative for regret.
+    """
+    ids, x, y, t = _common_finite(a, b, truth)
+    n = len(ids)
+    position = {i: p for p, i in enumerate(ids)}
+    out: dict[str, Interval] = {}
+    for label in topk:
+        k = topk_size(label, n)
+        if label != "all" and k < min_topk:
+            continue
+        keep = np.array([position[i] for i in top_k_ids(pd.Series(t, index=ids), k)], dtype=int)
+        for method in methods:
+            out[f"{method} {label}"] = _paired_interval(
+                x[keep], y[keep], t[keep], *_correlation_stat(method), n_boot, seed, level
+            )
+    for label in topk:
+        k = topk_size(label, n)
+        if label != "all" and 0 < k < n:
+            out[f"overlap {label}"] = _paired_interval(x, y, t, *_overlap_stat(k), n_boot, seed, level)
+    regret_value = lambda u, v: float(_regret_rows(u[None], v[None])[0])  # noqa: E731
+    out["regret"] = _paired_interval(x, y, t, regret_value, _regret_rows, n_boot, seed, level)
+    return out
 
 
 def candidate_scores(rows: pd.DataFrame) -> pd.Series:

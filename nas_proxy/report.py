@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,11 @@ from nas_proxy.metrics import (
     candidate_scores,
     compare,
     curve_steps,
-    paired_difference,
+    paired_differences,
     run_cost,
     seed_table,
     seed_to_seed,
+    topk_size,
 )
 from nas_proxy.protocol import RunProtocol, SourceRecord
 from nas_proxy.store import ResultsStore, open_store
@@ -50,6 +51,17 @@ from nas_proxy.zero_cost import DEFAULT_COMBINED_RANKER, baseline_scores, rank_a
 KIND_ORDER = {"proxy": 0, "early": 1, "full": 2, "ceiling": 3, "ranker": 4, "combined": 5}
 CEILING_ID = "ceiling:seed-to-seed"
 EARLY_CURVE = "early-curve:"  # id prefix of early stopping read off the whole-data curves
+# The DC paper's NAS table (Zhao, Mopuri & Bilen, ICLR 2021: CIFAR-10, 720 ConvNets, ipc 10, minutes
+# on a GTX 1080 Ti), as ../shared/REFERENCE.md section 5 quotes it; its correlation is a Spearman
+# over top-ranked candidates (which k is unconfirmed). Column -> (performance %, correlation,
+# time cost in minutes, storage in images).
+PAPER_NAS: dict[str, tuple[float, float, float, int]] = {
+    "Random": (76.2, -0.21, 18.8, 100),
+    "Herding": (76.2, -0.20, 18.8, 100),
+    "DC": (84.5, 0.79, 18.8, 100),
+    "Early-stopping": (84.5, 0.42, 18.8, 50_000),
+    "Whole dataset": (85.9, 1.00, 8604.3, 50_000),
+}
 
 
 @dataclass(frozen=True)
@@ -80,9 +92,10 @@ class Report:
     metrics: pd.DataFrame
     protocol: RunProtocol
     notes: tuple[str, ...] = field(default=())
-    # Spearman over all candidates minus the random proxy's, paired bootstrap: (column label, interval).
-    versus_random: tuple[tuple[str, Interval], ...] = field(default=())
-    random_label: str = ""
+    # Each column's statistics minus its random proxy's, paired bootstrap: (column label, random
+    # proxy's label, {statistic: interval}); keys as in nas_proxy.metrics.paired_differences.
+    versus_random: tuple[tuple[str, str, dict[str, Interval]], ...] = field(default=())
+    random_label: str = ""  # the reference random proxy (for columns with no ipc of their own)
     # Multi-fidelity views (empty where the store has no curves or one seed): see nas_proxy.fidelity.
     truth_fidelity: str = "final"
     convergence: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -266,15 +279,20 @@ def build_report(
     labels = _unique_labels(compared)
     table = _display_table(compared, labels, tuple(topk))
     metrics = _metrics_frame(compared, labels, tuple(topk))
-    versus: list[tuple[str, Interval]] = []
+    versus: list[tuple[str, str, dict[str, Interval]]] = []
     random_label = ""
-    base = _random_proxy(compared, protocol)
-    if base is not None and truth is not None:
-        random_label = labels[compared.index(base)]
+    reference, bases = _random_baselines(compared, protocol)
+    if reference is not None and truth is not None:
+        random_label = labels[compared.index(reference)]
         for c, label in zip(compared, labels, strict=True):
+            base = bases.get(c.id, reference)
             # Seed-crossed columns are judged against one seed, not the seed mean: no paired difference.
-            if c is not base and c.kind not in ("full", "ceiling") and not c.id.startswith(EARLY_CURVE):
-                versus.append((label, paired_difference(c.scores, base.scores, truth, n_boot=n_boot, seed=seed)))
+            if base is c or c.kind in ("full", "ceiling") or c.id.startswith(EARLY_CURVE):
+                continue
+            diffs = paired_differences(
+                c.scores, base.scores, truth, topk=topk, n_boot=n_boot, seed=seed, min_topk=min_topk
+            )
+            versus.append((label, labels[compared.index(base)], diffs))
     convergence, verdict = pd.DataFrame(), ""
     if full is not None and full.rows is not None:
         convergence = fid.convergence_table(full.rows, per_epoch, n_boot=n_boot, seed=seed)
@@ -426,13 +444,32 @@ def _proxy_steps(protocol: RunProtocol) -> int | None:
     return None
 
 
-def _random_proxy(columns: Sequence[Column], protocol: RunProtocol) -> Column | None:
-    """The baseline every proxy must beat: the random-selection proxy (the largest ipc if several)."""
+def _random_baselines(columns: Sequence[Column], protocol: RunProtocol) -> tuple[Column | None, dict[str, Column]]:
+    """The reference random proxy, and the random proxy each proxy (or proxy + ranker) column meets.
+
+    A proxy meets the random proxy of its own ipc, where there is one: size alone moves the
+    correlation, so a 10-image-per-class set is not measured against a 50-image one. Every other
+    column (rankers, early stopping, proxies of an ipc with no random set) meets the reference:
+    the random proxy of the ipc most proxies use (the larger on a tie). A random proxy maps to
+    itself. (None, {}) when no random proxy is stored.
+    """
     meta = {sid: s.meta for sid, s in protocol.sources.items()}
-    randoms = [c for c in columns if c.kind == "proxy" and meta.get(c.id, {}).get("method") == "random"]
+
+    def ipc(c: Column) -> int:
+        return int(meta.get(c.id, {}).get("ipc") or 0)
+
+    proxies = [c for c in columns if c.kind == "proxy"]
+    randoms = {ipc(c): c for c in proxies if meta.get(c.id, {}).get("method") == "random"}
     if not randoms:
-        return None
-    return max(randoms, key=lambda c: int(meta[c.id].get("ipc") or 0))
+        return None, {}
+    sizes = [ipc(c) for c in proxies]
+    reference = randoms[max(randoms, key=lambda i: (sizes.count(i), i))]
+    own = {c.id: randoms[ipc(c)] for c in proxies if ipc(c) in randoms}
+    for c in columns:
+        part = c.id.removeprefix("combined:").rsplit("+", 1)[0]
+        if c.kind == "combined" and part in own:
+            own[c.id] = own[part]
+    return reference, own
 
 
 def _unique_labels(columns: Sequence[Column]) -> list[str]:
@@ -593,22 +630,142 @@ def _markdown(report: Report) -> str:
         "from the literature (never picked on this ground truth); its cost is the sum of both.",
     ]
     lines += [f"\nNote: {note}" for note in report.notes]
-    if report.versus_random:
-        lines += [
-            "",
-            f"## Against the random proxy ({report.random_label})",
-            "",
-            f"Spearman over all candidates minus {report.random_label}'s, with a paired bootstrap 95% interval "
-            "(both rankers scored on the same resampled candidates). 'yes' where the interval excludes 0.",
-            "",
-            "| column | Spearman difference [95% interval] | beyond noise |",
-            "|---|---|---|",
-        ]
-        for label, iv in report.versus_random:
-            sure = "n/a" if math.isnan(iv.low) else ("yes" if iv.low > 0 or iv.high < 0 else "no")
-            lines.append(f"| {label} | {iv.format()} | {sure} |")
+    lines += _paper_section(report)
+    lines += _versus_random_section(report)
     lines += _fidelity_sections(report)
     return "\n".join(lines) + "\n"
+
+
+def _paper_columns(report: Report) -> dict[str, tuple[str, Column]]:
+    """Our column for each column of the paper's NAS table, by the paper's heading: (our label, column).
+
+    Random, herding and DC: the proxy of that method at the reference random proxy's ipc (the
+    size most proxies have). Early stopping: whole-data training for as many SGD steps as one
+    proxy run (the paper's definition), read off the curves or trained on its own. Whole data
+    and the seed-to-seed ceiling as they are. A column with no counterpart stored is left out.
+    """
+    labels = _unique_labels(report.columns)
+    meta = {sid: s.meta for sid, s in report.protocol.sources.items()}
+    ref_ipc = next(
+        (
+            meta.get(c.id, {}).get("ipc")
+            for c, lab in zip(report.columns, labels, strict=True)
+            if lab == report.random_label
+        ),
+        None,
+    )
+    out: dict[str, tuple[str, Column]] = {}
+    for c, label in zip(report.columns, labels, strict=True):
+        if c.comparison is None:
+            continue
+        m = meta.get(c.id, {})
+        if c.kind == "proxy" and m.get("ipc") == ref_ipc:
+            heading = {"random": "Random", "herding": "Herding", "dc": "DC"}.get(str(m.get("method")))
+            if heading is not None:
+                out.setdefault(heading, (label, c))
+        elif c.kind == "early":
+            at_proxy_steps = c.id == f"{EARLY_CURVE}{report.proxy_steps}"
+            if at_proxy_steps or (not c.id.startswith(EARLY_CURVE) and "Early-stopping" not in out):
+                out["Early-stopping"] = (label, c)
+        elif c.kind == "full":
+            out["Whole dataset"] = (label, c)
+        elif c.kind == "ceiling":
+            out["Seed to seed (ours only)"] = (label, c)
+    order = [*PAPER_NAS, "Seed to seed (ours only)"]
+    return {h: out[h] for h in order if h in out}
+
+
+def _paper_section(report: Report) -> list[str]:
+    cols = _paper_columns(report)
+    if "Whole dataset" not in cols or not ({"Random", "Herding", "DC"} & set(cols)):
+        return []
+    n = len(report.truth) if report.truth is not None else 0
+
+    def row(i: int, paper_fmt: Callable[[float], str], ours: Callable[[Column], str]) -> list[str]:
+        # "ours (paper's)"; the ceiling has no counterpart in the paper, nor a pick or a cost of its own.
+        return [f"{ours(c)} ({paper_fmt(PAPER_NAS[h][i]) if h in PAPER_NAS else '-'})" for h, (_, c) in cols.items()]
+
+    def spearman(k: str) -> Callable[[Column], str]:
+        def cell(c: Column) -> str:
+            iv = c.comparison.correlations.get(("spearman", k)) if c.comparison else None
+            return iv.format() if iv is not None else "n/a"
+
+        return cell
+
+    def performance(c: Column) -> str:
+        return _pct(c.comparison.performance) if c.comparison is not None and c.kind != "ceiling" else "-"
+
+    def minutes(c: Column) -> str:
+        return _minutes(c.cost.seconds) if c.kind != "ceiling" else "-"
+
+    rows = [("Performance (%): whole-data accuracy of the pick", row(0, lambda v: f"{v:.1f}", performance))]
+    for k in ["all", *(k for k in ("30", "10") if k in report.topk)]:
+        name = f"Correlation: Spearman, all {n}" if k == "all" else f"Correlation: Spearman, top {topk_size(k, n)}"
+        rows.append((name, row(1, lambda v: f"{v:.2f}", spearman(k))))
+    rows.append(("Time cost (min)", row(2, lambda v: f"{v:.1f}", minutes)))
+    rows.append(("Storage (imgs)", row(3, _fmt_count, lambda c: _fmt_count(c.cost.images))))
+    lines = [
+        "",
+        "## Beside the paper's NAS table",
+        "",
+        f"Ours, with the paper's CIFAR-10 figure in brackets. Ours: {n} candidates of {report.protocol.space} on "
+        f"{report.protocol.dataset}, seeds averaged, 95% bootstrap intervals, time summed over every seed's "
+        "runs on this machine. The paper's: 720 ConvNets on CIFAR-10, minutes on one GTX 1080 Ti, its correlation "
+        "a Spearman over top-ranked candidates of unconfirmed k (so it sits beside each of ours). Columns: "
+        + "; ".join(f"{h} = {label}" for h, (label, _) in cols.items())
+        + ".",
+        "",
+        "| | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    return lines
+
+
+# The statistics the "against random" table shows, where computed: (key, column heading).
+VERSUS_SHOWN: tuple[tuple[str, str], ...] = (
+    ("spearman all", "Spearman all"),
+    ("kendall all", "Kendall all"),
+    ("spearman 50%", "Spearman top half"),
+    ("kendall 50%", "Kendall top half"),
+    ("spearman 30", "Spearman top 30"),
+    ("overlap 5%", "top-5% overlap"),
+    ("overlap 10%", "top-10% overlap"),
+    ("regret", "regret (points)"),
+)
+
+
+def _versus_random_section(report: Report) -> list[str]:
+    if not report.versus_random:
+        return []
+    keys = [(k, h) for k, h in VERSUS_SHOWN if any(k in d for _, _, d in report.versus_random)]
+    lines = [
+        "",
+        f"## Against the random proxy ({report.random_label})",
+        "",
+        "Each statistic of the column minus the same statistic of a random proxy, with a paired bootstrap "
+        "95% interval (one resample of candidates scores both, so the interval is of the difference). A proxy "
+        "meets the random proxy of its own ipc; rankers and proxies of another size meet "
+        f"{report.random_label}. **Bold**: the interval excludes 0. Higher is better, except regret "
+        "(whole-data points lost by the pick; lower is better).",
+        "",
+        "| column | versus | " + " | ".join(h for _, h in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for label, versus, diffs in report.versus_random:
+        cells = []
+        for key, _ in keys:
+            iv = diffs.get(key)
+            if iv is None:
+                cells.append("n/a")
+                continue
+            if key == "regret":
+                iv = Interval(100 * iv.value, 100 * iv.low, 100 * iv.high)
+            text = iv.format()
+            sure = not math.isnan(iv.low) and (iv.low > 0 or iv.high < 0)
+            cells.append(f"**{text}**" if sure else text)
+        lines.append(f"| {label} | {versus} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _iv(value: float, low: float, high: float) -> str:
@@ -759,8 +916,15 @@ def _cost_figure(report: Report, labels: Sequence[str], path: Path) -> None:
     if not conv.empty and "cross_spearman_all" in conv:
         ok = conv["cross_spearman_all"].notna()
         xs = (conv.loc[ok, "seconds"] / 60).clip(lower=1e-4)
-        ax.plot(xs, conv.loc[ok, "cross_spearman_all"], "-s", color="grey", ms=3, lw=0.8,
-                label="early stopping along the whole-data curve (seed-crossed)")
+        ax.plot(
+            xs,
+            conv.loc[ok, "cross_spearman_all"],
+            "-s",
+            color="grey",
+            ms=3,
+            lw=0.8,
+            label="early stopping along the whole-data curve (seed-crossed)",
+        )
         ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel("time cost (minutes, summed training / scoring time)")
@@ -843,14 +1007,9 @@ def write_report(report: Report, out_dir: str | Path | None = None, *, figures: 
     if report.versus_random:
         pd.DataFrame(
             [
-                {
-                    "column": label,
-                    "versus": report.random_label,
-                    "spearman_diff": iv.value,
-                    "low": iv.low,
-                    "high": iv.high,
-                }
-                for label, iv in report.versus_random
+                {"column": label, "versus": versus, "statistic": key, "diff": iv.value, "low": iv.low, "high": iv.high}
+                for label, versus, diffs in report.versus_random
+                for key, iv in diffs.items()
             ]
         ).to_csv(out / "versus_random.csv", index=False)
         written.append(out / "versus_random.csv")

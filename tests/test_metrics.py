@@ -20,6 +20,7 @@ from nas_proxy.metrics import (
     correlation,
     interval_union_seconds,
     paired_difference,
+    paired_differences,
     pick,
     top_k_ids,
     topk_size,
@@ -127,6 +128,41 @@ def test_paired_difference_is_the_difference_of_correlations() -> None:
     assert kendall.value == pytest.approx(
         stats.kendalltau(PROXY, TRUTH).statistic - stats.kendalltau(worse, TRUTH).statistic
     )
+
+
+def test_paired_differences_are_compare_minus_compare_for_every_statistic() -> None:
+    worse = pd.Series([0.1, 0.6, 0.2, 0.5, 0.4, 0.3, 0.8, 0.7], index=IDS)
+    topk = ("all", "4", "25%", "2")
+    diffs = paired_differences(PROXY, worse, TRUTH, topk=topk, n_boot=300, seed=0, min_topk=4)
+    a = compare(PROXY, TRUTH, topk=topk, n_boot=0, min_topk=4)
+    b = compare(worse, TRUTH, topk=topk, n_boot=0, min_topk=4)
+    # Correlations below min_topk (top-2) are left out, as compare shows them n/a; overlaps are not.
+    assert set(diffs) == {
+        "spearman all", "kendall all", "spearman 4", "kendall 4",
+        "overlap 4", "overlap 25%", "overlap 2", "regret",
+    }  # fmt: skip
+    for key, iv in diffs.items():
+        if key == "regret":
+            want = a.regret - b.regret
+        elif key.startswith("overlap"):
+            label = key.split()[1]
+            want = a.overlaps[label].value - b.overlaps[label].value
+        else:
+            method, label = key.split()
+            want = a.correlations[(method, label)].value - b.correlations[(method, label)].value
+        assert iv.value == pytest.approx(want), key
+        assert iv.low <= iv.value <= iv.high, key
+    # The worse ranker picks a6 (truth 0.40): regret 0.50 more than PROXY's pick a1 (0.85, regret 0.05).
+    assert diffs["regret"].value == pytest.approx(0.05 - 0.50)
+    assert diffs == paired_differences(PROXY, worse, TRUTH, topk=topk, n_boot=300, seed=0, min_topk=4)
+    same = paired_differences(PROXY, PROXY, TRUTH, topk=topk, n_boot=100, seed=0, min_topk=4)
+    assert all((iv.value, iv.low, iv.high) == (0.0, 0.0, 0.0) for iv in same.values())  # paired: no spread
+    # A candidate one ranker cannot score is left out of both.
+    gap = PROXY.copy()
+    gap["a7"] = np.nan
+    short = paired_differences(gap, worse, TRUTH, topk=("all",), n_boot=0)
+    want = stats.spearmanr(PROXY[:7], TRUTH[:7]).statistic - stats.spearmanr(worse[:7], TRUTH[:7]).statistic
+    assert short["spearman all"].value == pytest.approx(want)
 
 
 def test_vectorized_spearman_equals_scipy_per_resample() -> None:

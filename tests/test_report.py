@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -24,7 +25,10 @@ PROXY = [0.50, 0.55, 0.40, 0.60, 0.30, 0.45]
 EARLY = [0.60, 0.65, 0.70, 0.75, 0.20, 0.25]
 
 
-def _make_store(root: Path, with_full: bool = True) -> ResultsStore:
+def _make_store(
+    root: Path, with_full: bool = True, extra: dict[str, tuple[str, int, list[float]]] | None = None
+) -> ResultsStore:
+    """A tiny store; ``extra``: more proxies, source id -> (method, ipc, accuracy per candidate)."""
     store = ResultsStore(root)
     cfg = {"epochs": 2, "batch_size": 16, "lr": 0.01}
     sources = {
@@ -47,6 +51,16 @@ def _make_store(root: Path, with_full: bool = True) -> ResultsStore:
             "train_images": 600,
         },
     }
+    for sid, (method, ipc, _) in (extra or {}).items():
+        size = {"images": 10 * ipc, "bytes": 31_000 * ipc, "train_images": 10 * ipc}
+        sources[sid] = {
+            "kind": "proxy",
+            "method": method,
+            "ipc": ipc,
+            "label": f"{method} ipc{ipc}",
+            "config_hash": "p",
+        }
+        sources[sid].update(size)
     if with_full:
         sources["full"] = {
             "kind": "full",
@@ -69,6 +83,7 @@ def _make_store(root: Path, with_full: bool = True) -> ResultsStore:
         }
     )
     table = {"random-ipc1-s0-abcd": ("p", PROXY), "early-1steps": ("e", EARLY)}
+    table.update({sid: ("p", accs) for sid, (_, _, accs) in (extra or {}).items()})
     if with_full:
         table["full"] = ("f", FULL)
     t = 0
@@ -119,17 +134,77 @@ def test_table_values_match_scipy_and_columns_follow_the_paper(tmp_path: Path) -
 
 def test_every_column_is_compared_with_the_random_proxy_by_a_paired_difference(tmp_path: Path) -> None:
     _make_store(tmp_path)
-    report = build_report(tmp_path, topk=("all",), n_boot=200, seed=0)
+    report = build_report(tmp_path, topk=("all", "50%"), n_boot=200, seed=0, min_topk=3)
     assert report.random_label == "random ipc1"
-    versus = dict(report.versus_random)
+    versus = {label: (base, diffs) for label, base, diffs in report.versus_random}
     assert "random ipc1" not in versus and "whole data" not in versus
     base = stats.spearmanr(PROXY, FULL).statistic
-    early = versus["early stopping (1 steps)"]
-    assert early.value == pytest.approx(stats.spearmanr(EARLY, FULL).statistic - base)
-    assert early.low <= early.value <= early.high
+    assert versus["early stopping (1 steps)"][0] == "random ipc1"
+    early = versus["early stopping (1 steps)"][1]
+    assert early["spearman all"].value == pytest.approx(stats.spearmanr(EARLY, FULL).statistic - base)
+    assert early["kendall all"].value == pytest.approx(
+        stats.kendalltau(EARLY, FULL).statistic - stats.kendalltau(PROXY, FULL).statistic
+    )
+    assert early["spearman all"].low <= early["spearman all"].value <= early["spearman all"].high
+    # Top half (3 best by whole data: D2-W8-AR, D1-W8-AR, D2-W4-AR): both rankers over those three only.
+    top = [3, 1, 2]
+    want = (
+        stats.spearmanr([EARLY[i] for i in top], [FULL[i] for i in top]).statistic
+        - stats.spearmanr([PROXY[i] for i in top], [FULL[i] for i in top]).statistic
+    )
+    assert early["spearman 50%"].value == pytest.approx(want)
+    assert early["regret"].value == pytest.approx(0.0)  # both pick D2-W8-AR, the best
     md = report.markdown()
     assert "## Against the random proxy (random ipc1)" in md
-    assert f"| early stopping (1 steps) | {early.format()} |" in md
+    assert f"| early stopping (1 steps) | random ipc1 | {early['spearman all'].format()} |" in md
+    csv = write_report(report, tmp_path / "out", figures=False)
+    rows = pd.read_csv(next(p for p in csv if p.name == "versus_random.csv"))
+    assert set(rows["statistic"]) >= {"spearman all", "kendall 50%", "overlap 50%", "regret"}
+
+
+def test_a_proxy_meets_the_random_proxy_of_its_own_size(tmp_path: Path) -> None:
+    # ipc 2: a random set and a DM set; ipc 1: the random set only. Size alone moves the correlation.
+    random2 = [0.6, 0.7, 0.5, 0.8, 0.4, 0.45]
+    dm2 = [0.7, 0.8, 0.75, 0.85, 0.3, 0.4]
+    _make_store(tmp_path, extra={"random-ipc2-s0-aa": ("random", 2, random2), "dm-ipc2-s0-bb": ("dm", 2, dm2)})
+    report = build_report(tmp_path, topk=("all",), n_boot=50, seed=0)
+    assert report.random_label == "random ipc2"  # the size most proxies have (2 of 3)
+    versus = {label: (base, diffs) for label, base, diffs in report.versus_random}
+    assert versus["dm ipc2"][0] == "random ipc2"
+    want = stats.spearmanr(dm2, FULL).statistic - stats.spearmanr(random2, FULL).statistic
+    assert versus["dm ipc2"][1]["spearman all"].value == pytest.approx(want)
+    assert versus["dm ipc2 + synflow"][0] == "random ipc2"
+    assert versus["random ipc1 + synflow"][0] == "random ipc1"
+    assert versus["synflow"][0] == "random ipc2"  # no size of its own: the reference
+    assert "random ipc1" not in versus and "random ipc2" not in versus
+
+
+def test_the_paper_table_sets_our_columns_beside_the_papers_figures(tmp_path: Path) -> None:
+    herding = [0.3, 0.5, 0.45, 0.4, 0.35, 0.2]  # picks D1-W8-AR: whole data 0.85
+    dc = [0.6, 0.7, 0.65, 0.8, 0.3, 0.4]  # picks D2-W8-AR: 0.90, the best
+    _make_store(tmp_path, extra={"herding-ipc1-s0-cc": ("herding", 1, herding), "dc-ipc1-s0-dd": ("dc", 1, dc)})
+    report = build_report(tmp_path, topk=("all", "30"), n_boot=50, seed=0)
+    md = report.markdown()
+    assert "## Beside the paper's NAS table" in md
+    section = md.split("## Beside the paper's NAS table")[1].split("\n## ")[0]
+    table = [line for line in section.splitlines() if line.startswith("|")]
+    assert table[0] == "| | Random | Herding | DC | Early-stopping | Whole dataset |"
+    cells = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ")[1:] for line in table[2:]}
+    assert cells["Performance (%): whole-data accuracy of the pick"] == [
+        "90.00 (76.2)",  # random ipc1 picks D2-W8-AR too
+        "85.00 (76.2)",
+        "90.00 (84.5)",
+        "90.00 (84.5)",
+        "90.00 (85.9)",
+    ]
+    rho = stats.spearmanr(dc, FULL).statistic
+    assert cells["Correlation: Spearman, all 6"][2].startswith(f"{rho:.2f} [")
+    assert cells["Correlation: Spearman, all 6"][2].endswith("(0.79)")
+    assert cells["Time cost (min)"][2] == "0.30 (18.8)"  # 6 runs of 3 s
+    assert cells["Storage (imgs)"][4] == "600 (5.0x10^4)"
+    # Without a whole-data column there is nothing to set beside the paper.
+    _make_store(tmp_path / "nofull", with_full=False)
+    assert "## Beside the paper" not in build_report(tmp_path / "nofull", n_boot=0).markdown()
 
 
 def test_combined_column_rank_averages_the_proxy_with_synflow(tmp_path: Path) -> None:
