@@ -501,15 +501,16 @@ def _pct_interval(iv: Interval) -> str:
     return Interval(100 * iv.value, 100 * iv.low, 100 * iv.high).format()
 
 
-def _ceiling_value(columns: Sequence[Column]) -> float:
+def _ceiling_value(columns: Sequence[Column], k: str = "all") -> float:
     ceiling = next((c for c in columns if c.kind == "ceiling" and c.comparison is not None), None)
-    return ceiling.comparison.correlations[("spearman", "all")].value if ceiling and ceiling.comparison else math.nan
+    iv = ceiling.comparison.correlations.get(("spearman", k)) if ceiling and ceiling.comparison else None
+    return iv.value if iv is not None else math.nan
 
 
 def _display_table(columns: Sequence[Column], labels: Sequence[str], topk: tuple[str, ...]) -> pd.DataFrame:
     data: dict[str, list[str]] = {}
     index: list[str] = []
-    ceiling = _ceiling_value(columns)
+    ceilings = {k: _ceiling_value(columns, k) for k in ("all", "50%") if k == "all" or k in topk}
     for col, label in zip(columns, labels, strict=True):
         cmp = col.comparison
         values: dict[str, str] = {}
@@ -525,9 +526,13 @@ def _display_table(columns: Sequence[Column], labels: Sequence[str], topk: tuple
                 continue
             size = cmp.topk_sizes.get(k, 0)
             values[f"Top-{k} overlap (k={size}, chance {size / max(cmp.n, 1):.2f})"] = cmp.overlaps[k].format()
-        spearman = cmp.correlations[("spearman", "all")].value if cmp else math.nan
-        share = spearman / ceiling if ceiling and col.kind not in ("full", "ceiling") else math.nan
-        values["Share of the seed-to-seed ceiling (Spearman all)"] = "n/a" if math.isnan(share) else f"{share:.2f}"
+        for k, ceiling in ceilings.items():
+            found = cmp.correlations.get(("spearman", k)) if cmp else None
+            spearman = found.value if found is not None else math.nan
+            share = spearman / ceiling if ceiling and col.kind not in ("full", "ceiling") else math.nan
+            values[f"Share of the seed-to-seed ceiling (Spearman {'all' if k == 'all' else 'top half'})"] = (
+                "n/a" if math.isnan(share) else f"{share:.2f}"
+            )
         values["Mean accuracy (%)"] = _pct(col.mean_accuracy) if col.kind != "ranker" else "-"
         values["Time cost (min)"] = _minutes(col.cost.seconds)
         values["Wall time (min)"] = _minutes(col.cost.wall_seconds)

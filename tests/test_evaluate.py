@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -434,7 +435,16 @@ def test_curves_flow_from_training_to_ground_truth_file_and_back(
         assert [(p["step"], p["accuracy"]) for p in got] == [(p["step"], p["accuracy"]) for p in r.curve[:-1]]
     report = build_report(tmp_path / "a", n_boot=20)
     assert report.convergence["epoch"].tolist() == [0.5, 1.0, 2.0, 3.0]
-    assert any(c.kind == "ceiling" for c in report.columns)
+    ceiling = next(c for c in report.columns if c.kind == "ceiling")
+    on_proxy = next(c for c in report.columns if c.id == proxy.id)
+    assert ceiling.comparison is not None and on_proxy.comparison is not None
+    for k, name in (("all", "all"), ("50%", "top half")):
+        share = (
+            on_proxy.comparison.correlations[("spearman", k)].value
+            / ceiling.comparison.correlations[("spearman", k)].value
+        )
+        cell = report.table.loc[f"Share of the seed-to-seed ceiling (Spearman {name})", on_proxy.label]
+        assert cell == ("n/a" if math.isnan(share) else f"{share:.2f}")
     # Early stopping at the recorded step budget is a column: seed 0's run at step 2 against seed 1's end.
     early = next(c for c in report.columns if c.id == "early-curve:2")
     seed0_at2 = {r.arch_id: r.curve[0]["accuracy"] for r in full_rows if r.seed == 0}
