@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -196,14 +197,19 @@ def _paired_interval(
     x: np.ndarray,
     y: np.ndarray,
     t: np.ndarray,
-    value_of: Callable[[np.ndarray, np.ndarray], float],
     rows_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
     n_boot: int,
     seed: int,
     level: float,
+    value_of: Callable[[np.ndarray, np.ndarray], float] | None = None,
 ) -> Interval:
-    """``stat(x, t) - stat(y, t)`` with a paired percentile bootstrap (one resample scores both)."""
-    value = value_of(x, t) - value_of(y, t)
+    """``stat(x, t) - stat(y, t)`` with a paired percentile bootstrap (one resample scores both).
+
+    ``rows_of`` computes the statistic of each row of (resamples, n) arrays; ``value_of`` the point
+    estimate where it differs from ``rows_of`` on one row (correlations: scipy's rules for NaN).
+    """
+    one = value_of or (lambda u, v: float(rows_of(u[None], v[None])[0]))
+    value = one(x, t) - one(y, t)
     n = len(x)
     if math.isnan(value) or n_boot < 1 or n == 0:
         return Interval(value, float("nan"), float("nan"))
@@ -222,12 +228,19 @@ def _common_finite(
     return [str(i) for i in common], x, y, t
 
 
-def _correlation_stat(method: str) -> tuple[Callable[[np.ndarray, np.ndarray], float], Callable[..., np.ndarray]]:
-    return (lambda u, v: correlation(u, v, method)), (lambda u, v: _correlation_rows(u, v, method))
-
-
-def _overlap_stat(k: int) -> tuple[Callable[[np.ndarray, np.ndarray], float], Callable[..., np.ndarray]]:
-    return (lambda u, v: float(_overlap_rows(u[None], v[None], k)[0])), (lambda u, v: _overlap_rows(u, v, k))
+def _paired_correlation(
+    x: np.ndarray, y: np.ndarray, t: np.ndarray, method: str, n_boot: int, seed: int, level: float
+) -> Interval:
+    return _paired_interval(
+        x,
+        y,
+        t,
+        lambda u, v: _correlation_rows(u, v, method),
+        n_boot,
+        seed,
+        level,
+        value_of=lambda u, v: correlation(u, v, method),
+    )
 
 
 def paired_difference(
@@ -247,7 +260,7 @@ def paired_difference(
     not of two independent intervals side by side.
     """
     _, x, y, t = _common_finite(a, b, truth)
-    return _paired_interval(x, y, t, *_correlation_stat(method), n_boot, seed, level)
+    return _paired_correlation(x, y, t, method, n_boot, seed, level)
 
 
 def paired_differences(
@@ -281,15 +294,12 @@ def paired_differences(
             continue
         keep = np.array([position[i] for i in top_k_ids(pd.Series(t, index=ids), k)], dtype=int)
         for method in methods:
-            out[f"{method} {label}"] = _paired_interval(
-                x[keep], y[keep], t[keep], *_correlation_stat(method), n_boot, seed, level
-            )
+            out[f"{method} {label}"] = _paired_correlation(x[keep], y[keep], t[keep], method, n_boot, seed, level)
     for label in topk:
         k = topk_size(label, n)
         if label != "all" and 0 < k < n:
-            out[f"overlap {label}"] = _paired_interval(x, y, t, *_overlap_stat(k), n_boot, seed, level)
-    regret_value = lambda u, v: float(_regret_rows(u[None], v[None])[0])  # noqa: E731
-    out["regret"] = _paired_interval(x, y, t, regret_value, _regret_rows, n_boot, seed, level)
+            out[f"overlap {label}"] = _paired_interval(x, y, t, partial(_overlap_rows, k=k), n_boot, seed, level)
+    out["regret"] = _paired_interval(x, y, t, _regret_rows, n_boot, seed, level)
     return out
 
 
